@@ -1,0 +1,57 @@
+"""The `fusegan` command line. Each subcommand is a small function; `main` only parses and dispatches."""
+import argparse
+import platform
+import sys
+
+from . import __version__
+
+
+def cmd_info(_args) -> int:
+    """Prints versions, devices, and which implementation each op would use on each device."""
+    import torch
+
+    from fusegan import kernels
+    from fusegan.kernels._triton import TRITON_IMPORT_ERROR, triton
+
+    print(f"fusegan  {__version__}")
+    print(f"python   {platform.python_version()} ({platform.system()} {platform.machine()})")
+    print(f"torch    {torch.__version__}")
+    triton_line = triton.__version__ if kernels.HAS_TRITON else f"not available ({TRITON_IMPORT_ERROR})"
+    print(f"triton   {triton_line}")
+    print(f"TRITON_INTERPRET={'1' if kernels.interpreter_active() else '0'}")
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+        print(f"device   cuda: {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})")
+    else:
+        print("device   cpu only (no CUDA device visible)")
+    print("ops (implementation used by default; FUSEGAN_IMPL or impl= override):")
+    for op in kernels.OPS:
+        row = ", ".join(f"{d.type}: {kernels.resolve_impl(None, d)}" for d in devices)
+        print(f"  {op:<22} {row}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fusegan",
+        description="Fused Triton kernels and a training engine for GANs, autoencoders and VAEs.",
+    )
+    parser.add_argument("--version", action="version", version=f"fusegan {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    info = sub.add_parser("info", help="print versions, the device, and which implementation each op uses")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 0
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

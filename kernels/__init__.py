@@ -1,0 +1,13 @@
+"""fusegan.kernels: fused Triton ops for image-synthesis networks, each with a plain-PyTorch reference.
+
+Every op module follows one anatomy (see docs/ARCHITECTURE.md): Triton kernels, a reference
+implementation, a `torch.library` custom op under `fusegan::` with a differentiable backward, and
+the public function, which dispatches through `_dispatch.resolve_impl`.
+"""
+from ._dispatch import default_impl, interpreter_active, resolve_impl
+from ._triton import HAS_TRITON
+
+# The public ops, listed by `fusegan info` with the implementation each would use.
+OPS = ()
+
+__all__ = ["HAS_TRITON", "OPS", "default_impl", "interpreter_active", "resolve_impl"]
