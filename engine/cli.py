@@ -1,7 +1,9 @@
 """The `fusegan` command line. Each subcommand is a small function; `main` only parses and dispatches."""
 import argparse
+import importlib
 import platform
 import sys
+from pathlib import Path
 
 from . import __version__
 
@@ -32,6 +34,27 @@ def cmd_info(_args) -> int:
     return 0
 
 
+def find_benchmarks_root():
+    """The folder holding `benchmarks/`, which is not installed: this engine's own source checkout (an editable
+    install), else the current directory. None if neither has it."""
+    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        if (root / "benchmarks" / "cli.py").is_file():
+            return root
+    return None
+
+
+def cmd_bench(args) -> int:
+    """Runs `python -m benchmarks` from the source checkout, with the arguments given after `bench`."""
+    root = find_benchmarks_root()
+    if root is None:
+        print("fusegan bench: benchmarks/ not found; it is not installed, run this from a fusegan source checkout")
+        return 1
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    bench_cli = importlib.import_module("benchmarks.cli")
+    return bench_cli.main(args.bench_args, prog="fusegan bench")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fusegan",
@@ -41,6 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     info = sub.add_parser("info", help="print versions, the device, and which implementation each op uses")
     info.set_defaults(func=cmd_info)
+    # The options of `bench` live in benchmarks/cli.py (shared with `python -m benchmarks`), so everything after
+    # `bench`, options included, is passed through: with no '-' in its prefix_chars this subparser takes
+    # `--quick` or `--help` as plain words.
+    bench = sub.add_parser(
+        "bench",
+        help="time the fused ops against eager PyTorch and torch.compile: bench [ops|train|all] [--only NAME] "
+        "[--quick] [--out DIR] [--smoke] (needs a source checkout)",
+        add_help=False,
+        prefix_chars="\0",
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -6,8 +6,9 @@ the public function, which dispatches through `_dispatch.resolve_impl`.
 """
 from ._dispatch import default_impl, interpreter_active, resolve_impl
 from ._triton import HAS_TRITON
+from .bias_act import activation_funcs, bias_act
 
 # The public ops, listed by `fusegan info` with the implementation each would use.
-OPS = ()
+OPS = ("bias_act",)
 
-__all__ = ["HAS_TRITON", "OPS", "default_impl", "interpreter_active", "resolve_impl"]
+__all__ = ["HAS_TRITON", "OPS", "activation_funcs", "bias_act", "default_impl", "interpreter_active", "resolve_impl"]

@@ -1,0 +1,377 @@
+"""The harness: what a run knows (`RunContext`), what an op benchmark is (`OpCase`), and how it is measured.
+
+An op case is timed in three variants side by side, in one process, on the same input tensors:
+- 'fusegan': the fused op (impl='triton' on a GPU; impl='ref' in the CPU smoke run);
+- 'eager':   the idiomatic eager PyTorch code a user would write for the same thing;
+- 'compile': `torch.compile` of exactly that eager function (static shapes; dynamo reset per case).
+and in three modes:
+- 'fwd':    the forward under torch.no_grad() (what inference runs);
+- 'bwd':    the backward only: each repetition runs a fresh forward outside the timed region, then times
+            `torch.autograd.grad(outputs, inputs, grad_outputs)` (no .grad accumulation kernels);
+- 'fwdbwd': forward with autograd recording plus that backward, timed together (what training runs).
+"""
+import dataclasses
+import datetime
+import math
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from .peaks import measure_peaks
+from .records import MODES, VARIANTS, build_records
+from .telemetry import Telemetry, is_throttled
+from .timing import CudaEventTimer, WallClockTimer, measure
+
+# Largest |fused - eager| / max(1, max|eager|) of the forward outputs before a case is flagged MISMATCH.
+# The eager code rounds to the storage dtype after every op while fused kernels compute in fp32, so
+# bf16 differs by a few units in the last place (2**-8 relative each).
+CHECK_TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 4e-3, torch.float32: 1e-4, torch.float64: 1e-10}
+
+
+@dataclasses.dataclass
+class Budget:
+    """How long each measurement runs: `warmup` calls, then reps filling `seconds` within [min_reps, max_reps]."""
+
+    warmup: int
+    seconds: float
+    min_reps: int
+    max_reps: int
+
+
+BUDGETS = {
+    "full": Budget(warmup=10, seconds=0.5, min_reps=20, max_reps=1000),
+    "quick": Budget(warmup=5, seconds=0.1, min_reps=10, max_reps=200),
+    "smoke": Budget(warmup=1, seconds=0.0, min_reps=3, max_reps=3),
+}
+
+
+class RunContext:
+    """Everything a case needs to measure itself: device, timer, budget, peaks, telemetry, run metadata."""
+
+    def __init__(self, *, smoke=False, quick=False, modes=MODES, flush_l2=True, command="", device=None):
+        self.smoke = smoke
+        self.quick = quick
+        self.modes = tuple(modes)
+        self.device = torch.device(device or ("cpu" if smoke else "cuda"))
+        if self.device.type == "cuda":
+            if self.device.index is None:  # set_device and NVML need an explicit index
+                self.device = torch.device("cuda", torch.cuda.current_device())
+            torch.cuda.set_device(self.device)
+            # The eager baseline is the code a user would write, with cuDNN picking its fastest algorithms.
+            torch.backends.cudnn.benchmark = True
+            self.timer = CudaEventTimer(self.device, flush_l2=flush_l2)
+        else:
+            self.timer = WallClockTimer()
+        self.budget = BUDGETS["smoke" if smoke else "quick" if quick else "full"]
+        # The smoke run checks the plumbing, not the kernels: the reference path, fp32, and dynamo without
+        # inductor (no C++ compiler needed, seconds not minutes).
+        self.fused_impl = "ref" if smoke else "triton"
+        self.compile_backend = "eager" if smoke else "inductor"
+        self.smoke_dtype = torch.float32
+        self.telemetry = Telemetry(self.device)
+        self.env = collect_environment(self.device, self.timer.name, command)
+        self.peaks = None
+        self.case_info = {}
+
+    def measure_peaks(self):
+        self.peaks = measure_peaks(self.timer, self.device, quick=self.quick, smoke=self.smoke)
+        return self.peaks
+
+    def measure(self, step, prepare=None):
+        b = self.budget
+        return measure(self.timer, step, prepare, warmup=b.warmup, budget_s=b.seconds, min_reps=b.min_reps, max_reps=b.max_reps)
+
+    def meta(self):
+        """Run-wide metadata for results.json."""
+        return {
+            **self.env,
+            "smoke": self.smoke,
+            "quick": self.quick,
+            "modes": list(self.modes),
+            "l2_flush": getattr(self.timer, "flush_l2", False),
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "fused_impl": self.fused_impl,
+            "compile_backend": self.compile_backend,
+            "budget": dataclasses.asdict(self.budget),
+            "peaks": self.peaks,
+            "telemetry_note": self.telemetry.note,
+            "cases": self.case_info,
+        }
+
+
+def collect_environment(device, timer_name, command):
+    """Fields every record repeats: GPU, timer, versions, date, command."""
+    try:
+        from fusegan.engine import __version__ as fusegan_version
+    except Exception:
+        fusegan_version = None
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except Exception:
+        triton_version = None
+    if device.type == "cuda":
+        gpu = torch.cuda.get_device_name(device)
+    else:
+        gpu = f"cpu ({platform.processor() or platform.machine()})"
+    return {
+        "gpu": gpu,
+        "timer": timer_name,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "fusegan": fusegan_version,
+        "git_commit": _git_commit(),
+        "cuda": torch.version.cuda,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+    }
+
+
+def _git_commit():
+    """The checkout's commit, with '-dirty' if it has uncommitted changes; None outside a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except Exception:
+        return None
+
+
+def make_tensor(shape, dtype, device, layout="contiguous", requires_grad=False):
+    """A standard-normal tensor in the given layout ('contiguous' or 'channels_last')."""
+    x = torch.randn(shape, dtype=dtype, device=device)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    elif layout != "contiguous":
+        raise ValueError(f"layout must be 'contiguous' or 'channels_last', got {layout!r}")
+    return x.requires_grad_(requires_grad)
+
+
+def _output_tensors(out):
+    """The differentiable tensors among an op's outputs (a tensor, or a tuple/list of them)."""
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return [o for o in outs if isinstance(o, torch.Tensor) and o.requires_grad]
+
+
+def mode_callables(fn, inputs, grad_inputs, mode):
+    """(prepare, step) for `measure`: `fn(inputs)` timed in `mode` ('fwd', 'bwd' or 'fwdbwd')."""
+    if mode == "fwd":
+
+        def forward_no_grad(_):
+            with torch.no_grad():
+                fn(inputs)
+
+        return None, forward_no_grad
+    if mode not in ("bwd", "fwdbwd"):
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    leaves = [inputs[name] for name in grad_inputs]
+
+    def forward():
+        with torch.enable_grad():
+            return _output_tensors(fn(inputs))
+
+    grads = [torch.randn_like(o) for o in forward()]  # one fixed upstream gradient, in each output's layout
+
+    def backward(outs):
+        torch.autograd.grad(outs, leaves, grads)  # a fresh graph each call: no retain_graph
+
+    if mode == "bwd":
+        return forward, backward
+    return None, lambda _: backward(forward())
+
+
+@dataclasses.dataclass
+class OpCase:
+    """One op benchmark: a shape, a dtype, a layout, the fused call, the eager code, and a model of the work.
+
+    make_inputs(shape, dtype, device, layout) -> {name: tensor}; the names are the keyword arguments of
+    `fused` and `eager`. `fused(**inputs, impl=...)` calls the fusegan op (import it lazily inside, so the
+    registry loads without the op); `eager(**inputs)` is the idiomatic eager code, and what 'compile' compiles.
+    bytes_moved(shape, itemsize, mode) / flops(shape, mode): the minimal useful traffic / arithmetic of one
+    call, the same for every variant (so a variant that moves more bytes shows a lower fraction of peak).
+    """
+
+    op: str
+    name: str
+    shape: tuple
+    dtype: torch.dtype
+    layout: str
+    make_inputs: Callable
+    fused: Callable
+    eager: Callable
+    grad_inputs: tuple
+    smoke_shape: tuple
+    bytes_moved: Optional[Callable] = None
+    flops: Optional[Callable] = None
+    bytes_model: str = ""  # one line stating the bytes model, shown in the report
+    targets: dict = dataclasses.field(default_factory=dict)  # {mode: {'vs_eager': x, 'vs_compile': y, 'frac_copy_bw': z}}
+    quick: bool = True  # part of --quick
+    suite: str = "ops"
+
+    def describe(self):
+        return {"op": self.op, "suite": self.suite, "shape": list(self.shape), "dtype": _dtype_name(self.dtype),
+                "layout": self.layout, "bytes_model": self.bytes_model, "targets": self.targets}
+
+    def variants(self, ctx):
+        compiled = torch.compile(self.eager, dynamic=False, backend=ctx.compile_backend)
+        return {
+            "fusegan": lambda inputs: self.fused(**inputs, impl=ctx.fused_impl),
+            "eager": lambda inputs: self.eager(**inputs),
+            "compile": lambda inputs: compiled(**inputs),
+        }
+
+    def run(self, ctx):
+        """Measures every variant in every mode of ctx; returns the records."""
+        shape = tuple(self.smoke_shape if ctx.smoke else self.shape)
+        dtype = ctx.smoke_dtype if ctx.smoke else self.dtype
+        torch._dynamo.reset()  # each case compiles from scratch, for its own static shape
+        inputs = self.make_inputs(shape, dtype, ctx.device, self.layout)
+        for name in self.grad_inputs:
+            inputs[name].requires_grad_(True)
+        variants = self.variants(ctx)
+        before = ctx.telemetry.read()
+        extra, failed = self._check_forward(ctx, variants, inputs, dtype)
+        records = []
+        for mode in ctx.modes:
+            timings = {}
+            for variant, fn in variants.items():
+                if variant in failed:
+                    timings[variant] = failed[variant]
+                    continue
+                try:
+                    prepare, step = mode_callables(fn, inputs, self.grad_inputs, mode)
+                    timings[variant] = ctx.measure(step, prepare)
+                except Exception as exc:  # one broken variant must not lose the others' numbers
+                    timings[variant] = _error_text(exc)
+            base = {"suite": self.suite, "op": self.op, "case": self.name, "mode": mode, "shape": list(shape),
+                    "dtype": _dtype_name(dtype), "layout": self.layout}
+            itemsize = torch.empty((), dtype=dtype).element_size()
+            records += build_records(
+                base, timings, ctx.env, ctx.peaks,
+                bytes_moved=self.bytes_moved(shape, itemsize, mode) if self.bytes_moved else None,
+                flops=self.flops(shape, mode) if self.flops else None,
+                extra=extra,
+            )
+        after = ctx.telemetry.read()
+        throttled = is_throttled(before) or is_throttled(after) if ctx.telemetry.available else None
+        reasons = sorted(set((before or {}).get("reasons", [])) | set((after or {}).get("reasons", [])))
+        for record in records:
+            record.update(throttled=throttled, throttle_reasons=",".join(reasons) if ctx.telemetry.available else None)
+        ctx.case_info[self.name] = {**self.describe(), "telemetry": {"before": before, "after": after}}
+        return records
+
+    def _check_forward(self, ctx, variants, inputs, dtype):
+        """Runs each variant's forward once (this also compiles 'compile') and compares it with eager."""
+        outputs, failed = {}, {}
+        for variant, fn in variants.items():
+            try:
+                with torch.no_grad():
+                    outputs[variant] = fn(inputs)
+            except Exception as exc:
+                failed[variant] = _error_text(exc)
+        extra = {
+            "fusegan": {"impl": ctx.fused_impl},
+            "eager": {"impl": "eager"},
+            "compile": {"impl": f"torch.compile[{ctx.compile_backend}]"},
+        }
+        reference = outputs.get("eager")
+        tolerance = CHECK_TOLERANCE.get(dtype, 1e-4)
+        for variant in ("fusegan", "compile"):
+            if variant in outputs and reference is not None:
+                err = relative_error(outputs[variant], reference)
+                extra[variant].update(rel_err_vs_eager=err, check="ok" if err <= tolerance else "MISMATCH")
+        return extra, failed
+
+
+def relative_error(out, reference):
+    """max |out - reference| / max(1, max |reference|) over all output tensors (NaN if any is non-finite)."""
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    refs = reference if isinstance(reference, (tuple, list)) else (reference,)
+    worst = 0.0
+    for o, r in zip(outs, refs):
+        o, r = o.detach().double(), r.detach().double()
+        if o.shape != r.shape:
+            return math.inf
+        diff = (o - r).abs().max().item() if o.numel() else 0.0
+        scale = max(1.0, r.abs().max().item() if r.numel() else 0.0)
+        if math.isnan(diff) or math.isnan(scale):
+            return math.nan  # max() would silently drop a NaN
+        worst = max(worst, diff / scale)
+    return worst
+
+
+def _error_text(exc):
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def _dtype_name(dtype):
+    return str(dtype).replace("torch.", "")
+
+
+def select_cases(cases, only=None, quick=False):
+    """Cases whose op equals, or whose name contains, one of the comma-separated names in `only`."""
+    selected = [c for c in cases if c.quick or not quick]
+    if only:
+        names = [n.strip() for n in only.split(",") if n.strip()]
+        selected = [c for c in selected if any(n == c.op or n in c.name for n in names)]
+    return selected
+
+
+def run_cases(ctx, cases, log=print):
+    """Measures the device peaks, then every case; returns (meta, records)."""
+    peaks = ctx.measure_peaks()
+    log(f"device: {ctx.env['gpu']}  copy {peaks['copy']['value']:.0f} GB/s  {peaks['matmul']['what']} "
+        f"{peaks['matmul']['value']:.1f} TFLOP/s  (timer: {ctx.timer.name})")
+    if ctx.telemetry.note:
+        log(ctx.telemetry.note)
+    records = []
+    for case in cases:
+        try:
+            case_records = case.run(ctx)
+        except Exception as exc:  # e.g. out of memory making the inputs: keep the other cases' results
+            case_records = case_failure_records(ctx, case, _error_text(exc))
+        records += case_records
+        for r in case_records:
+            log(format_record(r))
+        sys.stdout.flush()
+    return ctx.meta(), records
+
+
+def case_failure_records(ctx, case, error):
+    """Error records for every mode and variant of a case that could not run at all."""
+    shape = list(case.smoke_shape if ctx.smoke else case.shape)
+    records = []
+    for mode in ctx.modes:
+        base = {"suite": case.suite, "op": case.op, "case": case.name, "mode": mode, "shape": shape,
+                "dtype": _dtype_name(ctx.smoke_dtype if ctx.smoke else case.dtype), "layout": getattr(case, "layout", None)}
+        records += build_records(base, dict.fromkeys(VARIANTS, error), ctx.env, ctx.peaks)
+    return records
+
+
+def format_record(r):
+    """One progress line for a record."""
+    head = f"{r['case']:<40} {r['mode']:<6} {r['variant']:<8}"
+    if r.get("error"):
+        return f"{head} ERROR {r['error']}"
+    parts = [f"{r['p50']:.4g} ms [{r['p20']:.4g}, {r['p80']:.4g}]"]
+    if r.get("speedup_vs_eager") is not None:
+        parts.append(f"{r['speedup_vs_eager']:.2f}x eager")
+    if r.get("speedup_vs_compile") is not None:
+        parts.append(f"{r['speedup_vs_compile']:.2f}x compile")
+    if r.get("gbps") is not None:
+        frac = f" ({100 * r['frac_copy_bw']:.0f}% copy)" if r.get("frac_copy_bw") is not None else ""
+        parts.append(f"{r['gbps']:.0f} GB/s{frac}")
+    if r.get("check") == "MISMATCH":
+        parts.append(f"MISMATCH vs eager (rel err {r['rel_err_vs_eager']:.2e})")
+    if r.get("throttled"):
+        parts.append(f"THROTTLED ({r['throttle_reasons']})")
+    return f"{head} " + "  ".join(parts)
