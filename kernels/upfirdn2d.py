@@ -1,0 +1,410 @@
+"""upfirdn2d: upsample (zero insertion), pad/crop, FIR filter, downsample, fused into one kernel.
+
+Same signature and semantics as NVIDIA StyleGAN2-ADA's `torch_utils.ops.upfirdn2d`, helpers included
+(`setup_filter`, `filter2d`, `upsample2d`, `downsample2d`, with their padding formulas and gain conventions),
+so that its users can switch with one import. For each channel:
+
+1. upsample by inserting `up - 1` zeros after every pixel;
+2. pad with zeros (negative padding crops);
+3. convolve with the FIR filter `f` (a true convolution; `flip_filter=True` gives correlation), keeping only
+   outputs whose footprint lies inside the padded image;
+4. downsample by keeping every `down`-th pixel.
+
+A 1-D filter is separable: it filters rows and columns with the same taps, each pass scaled by gain**0.5.
+The filter is a constant: it never gets a gradient (as in NVIDIA's op).
+"""
+import numbers
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._dispatch import resolve_impl
+from ._triton import compute_dtype, tl, triton
+from ._validate import check_finite_number, check_positive_int, check_same_device, check_tensor, is_channels_last, same_layout_empty
+
+# ------------------------------------------------------------------------------------------------
+# Argument parsing and checks (shared by every entry point, all run before any launch).
+
+
+def _parse_scaling(value, name):
+    """`up`/`down`: a positive int or an [x, y] pair of them; returns (sx, sy)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or an [x, y] pair, got {len(value)} values: {value!r}")
+        return check_positive_int(value[0], f"{name}[0]"), check_positive_int(value[1], f"{name}[1]")
+    sx = check_positive_int(value, name)
+    return sx, sx
+
+
+def _parse_padding(padding):
+    """`padding`: an int, [px, py] or [px0, px1, py0, py1] (negative crops); returns (px0, px1, py0, py1)."""
+    values = list(padding) if isinstance(padding, (list, tuple)) else [padding]
+    if len(values) not in (1, 2, 4):
+        raise ValueError(f"padding must be an int, [px, py] or [px0, px1, py0, py1], got {len(values)} values: {padding!r}")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"padding must hold ints, got {padding!r}")
+    values = [int(v) for v in values]
+    if len(values) == 1:
+        values = values * 4
+    elif len(values) == 2:
+        values = [values[0], values[0], values[1], values[1]]
+    return tuple(values)
+
+
+def _check_filter(f, x):
+    """`f` must be a non-empty 1-D or 2-D floating tensor on x's device (None means identity)."""
+    if f is None:
+        return torch.ones([1, 1], dtype=torch.float32, device=x.device)
+    check_tensor(f, "f")
+    if f.ndim not in (1, 2):
+        raise ValueError(f"f must be 1-D (separable) or 2-D, got shape {tuple(f.shape)}")
+    if f.numel() == 0:
+        raise ValueError(f"f must not be empty, got shape {tuple(f.shape)}")
+    check_same_device(x, "x", f, "f")
+    if f.requires_grad and torch.is_grad_enabled():
+        raise ValueError("f must not require grad: upfirdn2d's filter is a constant (use a buffer, or f.detach())")
+    return f
+
+
+def _filter_size(f):
+    """(fw, fh) of a checked filter; a 1-D filter is used along both axes."""
+    return f.shape[-1], f.shape[0]
+
+
+def _out_size(in_size, up, down, pad0, pad1, taps):
+    """Output length along one axis: the valid convolution of the padded, upsampled signal, then ::down."""
+    filtered = in_size * up + pad0 + pad1 - taps + 1
+    return filtered, (filtered - 1) // down + 1
+
+
+def _check_args(x, f, up, down, padding, gain):
+    """Validates everything upfirdn2d takes; returns the parsed (f, (upx, upy), (downx, downy), padding, gain)."""
+    check_tensor(x, "x", ndim=4)
+    f = _check_filter(f, x)
+    upx, upy = _parse_scaling(up, "up")
+    downx, downy = _parse_scaling(down, "down")
+    padx0, padx1, pady0, pady1 = _parse_padding(padding)
+    gain = check_finite_number(gain, "gain", allow_none=False)
+    if f.ndim == 1 and gain < 0:
+        # A separable filter takes gain**0.5 in each pass, which has no real value for a negative gain.
+        raise ValueError(f"gain must be >= 0 with a separable (1-D) filter, got {gain}")
+    fw, fh = _filter_size(f)
+    for axis, size, s_up, p0, p1, taps in (("width", x.shape[3], upx, padx0, padx1, fw), ("height", x.shape[2], upy, pady0, pady1, fh)):
+        filtered, _ = _out_size(size, s_up, 1, p0, p1, taps)
+        if filtered <= 0:
+            names = "px0, px1" if axis == "width" else "py0, py1"
+            raise ValueError(
+                f"output {axis} would be <= 0: input {axis} {size} * up {s_up} + padding ({names}) {p0} + {p1} "
+                f"- filter {axis} {taps} + 1 = {filtered}; use less cropping or a larger input"
+            )
+    return f, (upx, upy), (downx, downy), (padx0, padx1, pady0, pady1), gain
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. Reference: plain differentiable PyTorch (the CPU path and the test oracle).
+
+
+def _upfirdn2d_ref(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
+    """upfirdn2d in ordinary PyTorch ops: zero-insert via reshape+pad, pad/crop, depthwise conv2d, stride slicing."""
+    if f is None:
+        f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
+    upx, upy = _parse_scaling(up, "up")
+    downx, downy = _parse_scaling(down, "down")
+    padx0, padx1, pady0, pady1 = _parse_padding(padding)
+    n, c, h, w = x.shape
+    layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+
+    # Zero insertion: each pixel becomes an up x up block whose other entries are 0.
+    y = x.reshape(n, c, h, 1, w, 1)
+    y = F.pad(y, [0, upx - 1, 0, 0, 0, upy - 1])
+    y = y.reshape(n, c, h * upy, w * upx)
+
+    # Pad the positive sides first, then crop the negative ones (so a crop may eat into the padding).
+    y = F.pad(y, [max(padx0, 0), max(padx1, 0), max(pady0, 0), max(pady1, 0)])
+    y = y[:, :, max(-pady0, 0) : y.shape[2] - max(-pady1, 0), max(-padx0, 0) : y.shape[3] - max(-padx1, 0)]
+
+    # conv2d correlates, so a true convolution flips the taps. A separable filter runs twice, gain**0.5 each.
+    # The scaled taps are computed in the wider of f's and x's dtypes (fp64 stays exact for gradcheck).
+    f = (f.to(torch.promote_types(f.dtype, x.dtype)) * (gain ** (f.ndim / 2))).to(x.dtype)
+    if not flip_filter:
+        f = f.flip(list(range(f.ndim)))
+    if f.ndim == 2:
+        y = F.conv2d(y, f.expand(c, 1, -1, -1), groups=c)
+    else:
+        y = F.conv2d(y, f.reshape(1, 1, 1, -1).expand(c, -1, -1, -1), groups=c)
+        y = F.conv2d(y, f.reshape(1, 1, -1, 1).expand(c, -1, -1, -1), groups=c)
+
+    y = y[:, :, ::downy, ::downx]
+    return y.contiguous(memory_format=layout)
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. Triton kernel.
+#
+# One program computes a [BLOCK_C, BLOCK_H, BLOCK_W] tile of output pixels straight from the input. Output
+# pixel (oy, ox) reads the padded, upsampled image at rows oy*DOWNY + ky (ky < FH) and columns ox*DOWNX + kx.
+# Of those taps only the ones landing on a real (not zero-inserted, not padded) pixel contribute; along x they
+# are kx = phase_x + t*UPX for t = 0, 1, ..., where phase_x = (padx0 - ox*DOWNX) mod UPX, and they hit input
+# columns ix0 + t. That polyphase walk visits ceil(FW / UPX) taps per axis instead of FW, and the zero-inserted
+# or padded image never exists. A 1-D (separable) filter is applied in the same single pass as its outer
+# product wy[ky] * wx[kx]: no intermediate tensor, one store. All indices are per-row or per-column vectors;
+# only the final address is a full tile, computed in int64 from the strides so any layout works without a copy.
+
+
+@triton.jit
+def _upfirdn2d_fwd_kernel(
+    x_ptr, f_ptr, y_ptr,
+    C, IH, IW, OH, OW,
+    sxn, sxc, sxh, sxw,
+    syn, syc, syh, syw,
+    padx0, pady0,
+    UPX: tl.constexpr, UPY: tl.constexpr, DOWNX: tl.constexpr, DOWNY: tl.constexpr,
+    FW: tl.constexpr, FH: tl.constexpr, TAPS_X: tl.constexpr, TAPS_Y: tl.constexpr,
+    SEPARABLE: tl.constexpr, FLIP: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    pid_nc = tl.program_id(0)
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    n = (pid_nc // c_blocks).to(tl.int64)
+    c = (pid_nc % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    oy = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    ox = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)
+    c_ok = c < C
+
+    # First contributing tap and the input pixel it hits, per output column / row. `%` may return a negative
+    # remainder (C semantics on the GPU), hence the fix-up; the division is exact, so its rounding is moot.
+    phase_x = (padx0 - ox * DOWNX) % UPX
+    phase_x = tl.where(phase_x < 0, phase_x + UPX, phase_x)
+    ix0 = (ox * DOWNX - padx0 + phase_x) // UPX
+    phase_y = (pady0 - oy * DOWNY) % UPY
+    phase_y = tl.where(phase_y < 0, phase_y + UPY, phase_y)
+    iy0 = (oy * DOWNY - pady0 + phase_y) // UPY
+
+    x_nc = x_ptr + n * sxn + c.to(tl.int64)[:, None, None] * sxc
+    acc = tl.zeros([BLOCK_C, BLOCK_H, BLOCK_W], dtype=ACC)
+    for ty in tl.static_range(TAPS_Y):
+        ky = phase_y + ty * UPY
+        iy = iy0 + ty
+        row_ok = (ky < FH) & (iy >= 0) & (iy < IH)
+        fky = ky if FLIP else FH - 1 - ky  # convolution reads the taps backwards
+        if SEPARABLE:
+            wy = tl.load(f_ptr + fky, mask=ky < FH, other=0.0)
+        for tx in tl.static_range(TAPS_X):
+            kx = phase_x + tx * UPX
+            ix = ix0 + tx
+            col_ok = (kx < FW) & (ix >= 0) & (ix < IW)
+            fkx = kx if FLIP else FW - 1 - kx
+            if SEPARABLE:
+                wx = tl.load(f_ptr + fkx, mask=kx < FW, other=0.0)
+                w = wy[:, None] * wx[None, :]
+            else:
+                w = tl.load(f_ptr + fky[:, None] * FW + fkx[None, :], mask=(ky < FH)[:, None] & (kx < FW)[None, :], other=0.0)
+            offs = iy.to(tl.int64)[None, :, None] * sxh + ix.to(tl.int64)[None, None, :] * sxw
+            mask = c_ok[:, None, None] & row_ok[None, :, None] & col_ok[None, None, :]
+            v = tl.load(x_nc + offs, mask=mask, other=0.0)
+            acc += v.to(ACC) * w[None, :, :]
+
+    y_offs = (n * syn + c.to(tl.int64)[:, None, None] * syc + oy.to(tl.int64)[None, :, None] * syh
+              + ox.to(tl.int64)[None, None, :] * syw)
+    y_mask = c_ok[:, None, None] & (oy < OH)[None, :, None] & (ox < OW)[None, None, :]
+    tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=y_mask)
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Launcher.
+
+_TILE = 1024  # output pixels per program: 8 per thread with 4 warps
+
+
+def _pow2_at_most(n, cap):
+    return max(1, min(triton.next_power_of_2(max(int(n), 1)), cap))
+
+
+def _block_shape(y):
+    """Tile shape (BLOCK_C, BLOCK_H, BLOCK_W) whose fastest axis is the output's contiguous one, for coalescing."""
+    _, c, oh, ow = y.shape
+    if is_channels_last(y):
+        block_c = _pow2_at_most(c, 64)
+        block_w = _pow2_at_most(ow, _TILE // block_c)
+        block_h = _pow2_at_most(oh, _TILE // (block_c * block_w))
+        return block_c, block_h, block_w
+    block_w = _pow2_at_most(ow, 128)
+    block_h = _pow2_at_most(oh, _TILE // block_w)
+    return 1, block_h, block_w
+
+
+def _upfirdn2d_triton(x, f, up, down, padding, flip_filter, gain):
+    """Allocates the output in x's layout and launches the fused kernel (arguments already checked)."""
+    upx, upy = up
+    downx, downy = down
+    padx0, padx1, pady0, pady1 = padding
+    n, c, ih, iw = x.shape
+    fw, fh = _filter_size(f)
+    _, ow = _out_size(iw, upx, downx, padx0, padx1, fw)
+    _, oh = _out_size(ih, upy, downy, pady0, pady1, fh)
+    y = same_layout_empty((n, c, oh, ow), x)
+    if y.numel() == 0:
+        return y
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    # Gain folded into the taps, as NVIDIA's reference does: gain**0.5 per pass for a separable filter.
+    taps = (f.to(acc_dtype) * (gain ** (f.ndim / 2))).contiguous()
+    block_c, block_h, block_w = _block_shape(y)
+    grid = (n * triton.cdiv(c, block_c), triton.cdiv(oh, block_h), triton.cdiv(ow, block_w))
+    _upfirdn2d_fwd_kernel[grid](
+        x, taps, y,
+        c, ih, iw, oh, ow,
+        *x.stride(), *y.stride(),
+        padx0, pady0,
+        UPX=upx, UPY=upy, DOWNX=downx, DOWNY=downy,
+        FW=fw, FH=fh, TAPS_X=triton.cdiv(fw, upx), TAPS_Y=triton.cdiv(fh, upy),
+        SEPARABLE=f.ndim == 1, FLIP=bool(flip_filter), ACC=compute_dtype(x.dtype),
+        BLOCK_C=block_c, BLOCK_H=block_h, BLOCK_W=block_w,
+    )
+    return y
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. Custom op. Its backward is the same op (up/down swapped, filter flipped, padding recomputed), so
+# gradients of any order go through the Triton kernel.
+
+
+@torch.library.custom_op("fusegan::upfirdn2d", mutates_args=())
+def _upfirdn2d_op(
+    x: Tensor, f: Tensor, up: List[int], down: List[int], padding: List[int], flip_filter: bool, gain: float
+) -> Tensor:
+    return _upfirdn2d_triton(x, f, up, down, padding, flip_filter, gain)
+
+
+@_upfirdn2d_op.register_fake
+def _(x, f, up, down, padding, flip_filter, gain):
+    fw, fh = _filter_size(f)
+    _, ow = _out_size(x.shape[3], up[0], down[0], padding[0], padding[1], fw)
+    _, oh = _out_size(x.shape[2], up[1], down[1], padding[2], padding[3], fh)
+    return same_layout_empty((x.shape[0], x.shape[1], oh, ow), x)
+
+
+def _grad_padding(f, x_hw, dy_hw, up, down, padding):
+    """Padding of the transposed op, NVIDIA's formulas: it maps dy (oh, ow) back onto x (ih, iw) exactly."""
+    fw, fh = _filter_size(f)
+    (ih, iw), (oh, ow) = x_hw, dy_hw
+    (upx, upy), (downx, downy) = up, down
+    padx0, _, pady0, _ = padding
+    return [
+        fw - padx0 - 1,
+        iw * upx - ow * downx + padx0 - upx + 1,
+        fh - pady0 - 1,
+        ih * upy - oh * downy + pady0 - upy + 1,
+    ]
+
+
+def _setup_context(ctx, inputs, output):
+    x, f, up, down, padding, flip_filter, gain = inputs
+    ctx.save_for_backward(f)
+    ctx.x_hw = (x.shape[2], x.shape[3])
+    ctx.args = (list(up), list(down), list(padding), flip_filter, gain)
+
+
+def _backward(ctx, dy):
+    (f,) = ctx.saved_tensors
+    up, down, padding, flip_filter, gain = ctx.args
+    dx = None
+    if ctx.needs_input_grad[0]:
+        p = _grad_padding(f, ctx.x_hw, (dy.shape[2], dy.shape[3]), up, down, padding)
+        dx = _upfirdn2d_op(dy, f, down, up, p, not flip_filter, gain)
+    return dx, None, None, None, None, None, None
+
+
+_upfirdn2d_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. Public functions.
+
+
+def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl=None):
+    """Upsample (insert up-1 zeros per pixel), pad (negative crops), FIR filter, downsample a batch of images.
+
+    x: [N, C, H, W] floating tensor. f: None (identity), a 1-D separable filter or a 2-D filter (constant;
+    gets no gradient). up/down: positive int or [x, y]. padding: int, [px, py] or [px0, px1, py0, py1], with
+    respect to the upsampled image. flip_filter: False = convolution, True = correlation. gain: overall scale.
+    impl: None, 'ref' or 'triton' (see kernels/_dispatch.py). Returns [N, C, OH, OW] in x's layout.
+    """
+    f, up, down, padding, gain = _check_args(x, f, up, down, padding, gain)
+    impl = resolve_impl(impl, x.device)
+    if impl == "ref":
+        return _upfirdn2d_ref(x, f, up=list(up), down=list(down), padding=list(padding), flip_filter=bool(flip_filter), gain=gain)
+    return _upfirdn2d_op(x, f, list(up), list(down), list(padding), bool(flip_filter), gain)
+
+
+def setup_filter(f, device=torch.device("cpu"), normalize=True, flip_filter=False, gain=1, separable=None):
+    """A float32 FIR filter for upfirdn2d from a tensor, array or list (None or [] = impulse).
+
+    A 1-D input becomes 2-D (outer product) unless `separable`; by default it stays separable only from
+    8 taps on. Optionally normalized to unit DC gain, flipped, scaled by gain (gain**0.5 if separable).
+    """
+    f = torch.as_tensor(1 if f is None else f, dtype=torch.float32)
+    if f.ndim > 2:
+        raise ValueError(f"f must be 0-D, 1-D or 2-D, got shape {tuple(f.shape)}")
+    if f.numel() == 0:
+        raise ValueError(f"f must not be empty, got shape {tuple(f.shape)}")
+    if f.ndim == 0:
+        f = f.reshape(1)
+    if separable is None:
+        separable = f.ndim == 1 and f.numel() >= 8
+    if f.ndim == 1 and not separable:
+        f = torch.outer(f, f)
+    if f.ndim != (1 if separable else 2):
+        raise ValueError(f"separable=True needs a 1-D f, got shape {tuple(f.shape)}")
+    if normalize:
+        f = f / f.sum()
+    if flip_filter:
+        f = f.flip(list(range(f.ndim)))
+    f = f * (gain ** (f.ndim / 2))
+    return f.to(device=device)
+
+
+def _helper_filter_size(x, f):
+    """Filter size for the helpers' padding formulas, after the same checks upfirdn2d makes."""
+    check_tensor(x, "x", ndim=4)
+    return _filter_size(_check_filter(f, x))
+
+
+def filter2d(x, f, padding=0, flip_filter=False, gain=1, impl=None):
+    """Filters x with f; by default the output has x's size. `padding` is added to that (negative crops)."""
+    padx0, padx1, pady0, pady1 = _parse_padding(padding)
+    fw, fh = _helper_filter_size(x, f)
+    p = [padx0 + fw // 2, padx1 + (fw - 1) // 2, pady0 + fh // 2, pady1 + (fh - 1) // 2]
+    return upfirdn2d(x, f, padding=p, flip_filter=flip_filter, gain=gain, impl=impl)
+
+
+def upsample2d(x, f, up=2, padding=0, flip_filter=False, gain=1, impl=None):
+    """Upsamples x by `up` with filter f; by default the output is up times x's size. Gain is scaled by up**2
+    (upx * upy) so that the zero insertion does not dim the image."""
+    upx, upy = _parse_scaling(up, "up")
+    padx0, padx1, pady0, pady1 = _parse_padding(padding)
+    fw, fh = _helper_filter_size(x, f)
+    p = [
+        padx0 + (fw + upx - 1) // 2,
+        padx1 + (fw - upx) // 2,
+        pady0 + (fh + upy - 1) // 2,
+        pady1 + (fh - upy) // 2,
+    ]
+    gain = check_finite_number(gain, "gain", allow_none=False)
+    return upfirdn2d(x, f, up=[upx, upy], padding=p, flip_filter=flip_filter, gain=gain * upx * upy, impl=impl)
+
+
+def downsample2d(x, f, down=2, padding=0, flip_filter=False, gain=1, impl=None):
+    """Downsamples x by `down` with filter f; by default the output is x's size divided by down."""
+    downx, downy = _parse_scaling(down, "down")
+    padx0, padx1, pady0, pady1 = _parse_padding(padding)
+    fw, fh = _helper_filter_size(x, f)
+    p = [
+        padx0 + (fw - downx + 1) // 2,
+        padx1 + (fw - downx) // 2,
+        pady0 + (fh - downy + 1) // 2,
+        pady1 + (fh - downy) // 2,
+    ]
+    return upfirdn2d(x, f, down=[downx, downy], padding=p, flip_filter=flip_filter, gain=gain, impl=impl)
