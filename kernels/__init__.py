@@ -7,10 +7,44 @@ the public function, which dispatches through `_dispatch.resolve_impl`.
 from ._dispatch import default_impl, interpreter_active, resolve_impl
 from ._triton import HAS_TRITON
 from .bias_act import activation_funcs, bias_act
+from .gan_loss import gan_loss
+from .minibatch_std import minibatch_std
+from .normalize import normalize_2nd_moment
+from .regularizers import gradient_penalty, path_length_penalty, r1_penalty
 from .upfirdn2d import downsample2d, filter2d, setup_filter, upfirdn2d, upsample2d
+from .vae_loss import vae_loss
 
 # The public ops, listed by `fusegan info` with the implementation each would use.
-OPS = ("bias_act", "upfirdn2d")
+OPS = (
+    "bias_act",
+    "upfirdn2d",
+    "gan_loss",
+    "r1_penalty",
+    "gradient_penalty",
+    "path_length_penalty",
+    "vae_loss",
+    "minibatch_std",
+    "normalize_2nd_moment",
+)
 
-__all__ = ["HAS_TRITON", "OPS", "activation_funcs", "bias_act", "default_impl", "downsample2d", "filter2d",
-           "interpreter_active", "resolve_impl", "setup_filter", "upfirdn2d", "upsample2d"]
+__all__ = [
+    "HAS_TRITON",
+    "OPS",
+    "activation_funcs",
+    "bias_act",
+    "default_impl",
+    "downsample2d",
+    "filter2d",
+    "gan_loss",
+    "gradient_penalty",
+    "interpreter_active",
+    "minibatch_std",
+    "normalize_2nd_moment",
+    "path_length_penalty",
+    "r1_penalty",
+    "resolve_impl",
+    "setup_filter",
+    "upfirdn2d",
+    "upsample2d",
+    "vae_loss",
+]
