@@ -269,12 +269,12 @@ def test_registered_op_cases_smoke(case):
 
 
 def test_registry_finds_the_issue_2_cases():
-    cases = registry.discover("ops")
+    cases = [c for c in registry.discover("ops") if c.op in ("bias_act", "upfirdn2d")]
     names = [c.name for c in cases]
     assert "bias_act.lrelu_bias_clamp.channels_last" in names and "bias_act.lrelu_bias_clamp.contiguous" in names
     assert "upfirdn2d.up2_f1331.contiguous" in names
     assert all(c.shape == (32, 512, 64, 64) and c.dtype == torch.bfloat16 for c in cases)
-    assert registry.case_modules("ops")[:2] == ["ops_bias_act", "ops_upfirdn2d"]
+    assert {"ops_bias_act", "ops_upfirdn2d"} <= set(registry.case_modules("ops"))
     assert [c.op for c in harness.select_cases(cases, only="upfirdn2d")] == ["upfirdn2d", "upfirdn2d"]
     assert [c.name for c in harness.select_cases(cases, only="contiguous", quick=True)] == [
         "bias_act.lrelu_bias_clamp.contiguous", "upfirdn2d.up2_f1331.contiguous"]

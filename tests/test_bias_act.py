@@ -1,13 +1,16 @@
 """bias_act: the reference against explicit formulas, the Triton path (interpreter on CPU) against the reference,
 gradcheck/gradgradcheck in float64 on both, dispatch, argument errors, torch.compile and opcheck."""
+import importlib
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fusegan.kernels import bias_act as bias_act_module
 from fusegan.kernels.bias_act import _bias_act_ref, activation_funcs, bias_act
+
+# The package exports the function `bias_act`, which shadows the module of the same name as an attribute.
+bias_act_module = importlib.import_module("fusegan.kernels.bias_act")
 
 SQRT2 = math.sqrt(2.0)
 
