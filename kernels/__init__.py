@@ -7,6 +7,7 @@ the public function, which dispatches through `_dispatch.resolve_impl`.
 from ._dispatch import default_impl, interpreter_active, resolve_impl
 from ._triton import HAS_TRITON
 from .bias_act import activation_funcs, bias_act
+from .conv_norm_act import Conv2dNormAct, conv2d_norm_act
 from .gan_loss import gan_loss
 from .minibatch_std import minibatch_std
 from .normalize import normalize_2nd_moment
@@ -18,6 +19,7 @@ from .vae_loss import vae_loss
 OPS = (
     "bias_act",
     "upfirdn2d",
+    "conv2d_norm_act",
     "gan_loss",
     "r1_penalty",
     "gradient_penalty",
@@ -28,10 +30,12 @@ OPS = (
 )
 
 __all__ = [
+    "Conv2dNormAct",
     "HAS_TRITON",
     "OPS",
     "activation_funcs",
     "bias_act",
+    "conv2d_norm_act",
     "default_impl",
     "downsample2d",
     "filter2d",

@@ -1,0 +1,310 @@
+"""fuse(model): rewrite conv -> norm -> activation chains of any nn.Module into fused Conv2dNormAct layers.
+
+What it fuses: an nn.Conv2d / nn.ConvTranspose2d (groups=1, padding_mode 'zeros' or 'reflect'),
+optionally followed by an nn.BatchNorm2d / nn.InstanceNorm2d, optionally followed by an
+nn.ReLU / nn.LeakyReLU (slope >= 0) / nn.Tanh / nn.Sigmoid, where each step's output feeds only
+the next step. A symmetric nn.ReflectionPad2d right before a padding=0 Conv2d (CycleGAN's
+generator) is absorbed too: the reflection moves into the conv's loader. A lone conv is left
+alone (nothing to fuse).
+
+How it finds them: torch.fx traces `model.forward` (nn.Sequential containers are traced through
+like any other code), so chains are found in Sequentials and in hand-written forward code alike,
+and the use counts of every intermediate value are known: a chain stops where an output has
+another user (a skip connection, a second consumer). Every module of a chain must be called once
+and registered under one name (so replacing it cannot change another call site).
+
+How it rewrites, in place: the conv's attribute becomes a `Conv2dNormAct` holding the very same
+conv and norm modules (shared parameters and buffers, so optimizers, EMA copies by reference and
+running stats keep working), and the norm's and the activation's attributes become nn.Identity.
+The model keeps its class and its forward code. Train/eval mode is preserved. Its state_dict keys
+move from `<conv>.*` / `<norm>.*` to `<conv>.conv.*` / `<conv>.norm.*`; the report's `key_map`
+lists the moves, and `load_state_dict` of the fused model also accepts the old keys.
+
+Models fx cannot trace (data-dependent control flow, ...) come back unchanged with a warning.
+Passing `sequential_fallback=True` then still fuses consecutive children of plain nn.Sequential
+containers, which is safe when those modules are used nowhere else (checked by registration
+count; a module the model's own forward calls by another path would defeat it, hence opt-in).
+
+The report (a FuseReport) is logged at INFO, stored as `model._fusegan_report`, and returned
+alongside the model with `fuse(model, report=True)`.
+"""
+import dataclasses
+import logging
+import warnings
+from typing import Dict, List, Optional, Tuple
+
+import torch.fx
+import torch.nn as nn
+
+from fusegan.kernels.conv_norm_act import Conv2dNormAct, unsupported_conv_reason
+
+log = logging.getLogger(__name__)
+
+_CONVS = (nn.Conv2d, nn.ConvTranspose2d)
+_NORMS = (nn.BatchNorm2d, nn.InstanceNorm2d)
+_ACTS = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid)
+
+
+@dataclasses.dataclass
+class FusedChain:
+    conv: str
+    norm: Optional[str]
+    act: Optional[str]
+    kind: str  # e.g. "Conv2d+BatchNorm2d+ReLU", "ReflectionPad2d+Conv2d+InstanceNorm2d+ReLU"
+    pad: Optional[str] = None  # an nn.ReflectionPad2d absorbed into the conv's loader
+
+
+@dataclasses.dataclass
+class FuseReport:
+    traced: bool = True
+    fused: List[FusedChain] = dataclasses.field(default_factory=list)
+    left_alone: List[Tuple[str, str]] = dataclasses.field(default_factory=list)  # (module name, why)
+    key_map: Dict[str, str] = dataclasses.field(default_factory=dict)  # old state_dict key -> new
+    warning: Optional[str] = None
+
+    def __str__(self):
+        lines = [f"fuse: fused {len(self.fused)} chain(s)" + ("" if self.traced else " (fx could not trace)")]
+        lines += [f"  fused {c.kind}: " + " -> ".join(n for n in (c.pad, c.conv, c.norm, c.act) if n)
+                  for c in self.fused]
+        lines += [f"  left {name}: {why}" for name, why in self.left_alone]
+        if self.warning:
+            lines.append(f"  warning: {self.warning}")
+        return "\n".join(lines)
+
+
+class _Tracer(torch.fx.Tracer):
+    """Keeps torch.nn layers and already-fused layers as single call_module nodes."""
+
+    def is_leaf_module(self, m, qualname):
+        return isinstance(m, Conv2dNormAct) or super().is_leaf_module(m, qualname)
+
+
+class _OldKeyRemapper:
+    """load_state_dict pre-hook: accepts the unfused model's keys (a picklable callable, not a closure)."""
+
+    def __init__(self, key_map):
+        self.key_map = dict(key_map)
+
+    def __call__(self, state_dict, prefix, *args):
+        for old, new in self.key_map.items():
+            if prefix + old in state_dict and prefix + new not in state_dict:
+                state_dict[prefix + new] = state_dict.pop(prefix + old)
+
+
+def fuse(model: nn.Module, report: bool = False, impl=None, sequential_fallback: bool = False):
+    """Fuses conv -> norm -> act chains of `model` in place; returns `model` (and the FuseReport with report=True)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    rep = FuseReport()
+    names = _registered_names(model)
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as exc:  # fx raises many kinds (TraceError, TypeError from proxies, ...)
+        rep.traced = False
+        rep.warning = (f"torch.fx could not trace {type(model).__name__}.forward "
+                       f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); ")
+        if sequential_fallback:
+            rep.warning += "only consecutive layers inside nn.Sequential containers were fused"
+            chains = _sequential_chains(model, names, rep)
+        else:
+            rep.warning += "the model is returned unchanged"
+            chains = []
+        warnings.warn("fusegan.engine.fuse: " + rep.warning, stacklevel=2)
+    else:
+        chains = _graph_chains(model, graph, names, rep)
+    for conv_name, norm_name, act_name, pad_name in chains:
+        _replace(model, conv_name, norm_name, act_name, pad_name, impl, rep)
+    if rep.key_map:
+        model._register_load_state_dict_pre_hook(_OldKeyRemapper(rep.key_map))
+    model._fusegan_report = rep
+    log.info("%s", rep)
+    return (model, rep) if report else model
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding chains
+# ----------------------------------------------------------------------------------------------
+def _registered_names(model):
+    """id(module) -> every name it is registered under."""
+    out = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        out.setdefault(id(m), []).append(name)
+    return out
+
+
+def _has_hooks(m):
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                or getattr(m, "_backward_pre_hooks", None))
+
+
+def _module_problem(m, names, calls):
+    if len(names.get(id(m), ())) != 1:
+        return "registered under several names"
+    if calls.get(id(m), 0) != 1:
+        return f"called {calls.get(id(m), 0)} times in forward"
+    if _has_hooks(m):
+        return "has hooks"
+    return None
+
+
+def _act_problem(m):
+    if isinstance(m, nn.LeakyReLU) and m.negative_slope < 0:
+        return f"LeakyReLU with negative_slope={m.negative_slope} < 0"
+    return None
+
+
+def _graph_chains(model, graph, names, rep):
+    mods = dict(model.named_modules())
+    calls = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[id(mods[node.target])] = calls.get(id(mods[node.target]), 0) + 1
+
+    def module_of(node, types):
+        if node.op == "call_module" and type(mods[node.target]) in types:
+            return mods[node.target]
+        return None
+
+    def sole_consumer(node):
+        """The only user of `node`, when it takes `node` as its only argument."""
+        if len(node.users) != 1:
+            return None, f"its output has {len(node.users)} users"
+        user = next(iter(node.users))
+        if user.args != (node,) or user.kwargs:
+            return None, "its output goes to a call that takes other arguments"
+        return user, None
+
+    chains = []
+    for node in graph.nodes:
+        conv = module_of(node, _CONVS)
+        if conv is None:
+            continue
+        name = node.target
+        why = unsupported_conv_reason(conv) or _module_problem(conv, names, calls)
+        if why is None and len(node.args) != 1:
+            why = "called with more than one argument"
+        if why:
+            rep.left_alone.append((name, why))
+            continue
+        norm_name = act_name = None
+        tail, stop = node, None
+        user, stop = sole_consumer(tail)
+        norm = module_of(user, _NORMS) if user is not None else None
+        if norm is not None:
+            problem = _module_problem(norm, names, calls)
+            if problem is None and norm.num_features != conv.out_channels:
+                problem = f"num_features={norm.num_features} != {conv.out_channels} conv output channels"
+            if problem:
+                rep.left_alone.append((user.target, problem))
+                stop = f"its norm {user.target} {problem}"
+            else:
+                norm_name, tail = user.target, user
+                user, stop = sole_consumer(tail)
+        act = module_of(user, _ACTS) if (user is not None and stop is None) else None
+        if act is not None:
+            problem = _module_problem(act, names, calls) or _act_problem(act)
+            if problem:
+                rep.left_alone.append((user.target, problem))
+            else:
+                act_name = user.target
+        pad_name = None
+        source = node.args[0]
+        if isinstance(source, torch.fx.Node) and module_of(source, (nn.ReflectionPad2d,)) is not None:
+            pad = mods[source.target]
+            problem = _module_problem(pad, names, calls) or _pad_problem(pad, conv)
+            if problem is None and (len(source.users) != 1 or len(source.args) != 1):
+                problem = "its output has other users"
+            if problem:
+                rep.left_alone.append((source.target, problem))
+            else:
+                pad_name = source.target
+        if norm_name is None and act_name is None and pad_name is None:
+            rep.left_alone.append((name, "nothing fusable follows it" + (f" ({stop})" if stop else "")))
+            continue
+        chains.append((name, norm_name, act_name, pad_name))
+    return chains
+
+
+def _pad_problem(pad, conv):
+    left, right, top, bottom = pad.padding
+    if left != right or top != bottom:
+        return f"asymmetric padding {pad.padding}"
+    if not isinstance(conv, nn.Conv2d) or tuple(conv.padding) != (0, 0):
+        return "the conv after it pads too"
+    return None
+
+
+def _sequential_chains(model, names, rep):
+    chains = []
+    for seq_name, seq in model.named_modules():
+        if not isinstance(seq, nn.Sequential) or type(seq).forward is not nn.Sequential.forward:
+            continue
+        items = list(seq.named_children())
+        i = 0
+        while i < len(items):
+            child_name, conv = items[i]
+            full = f"{seq_name}.{child_name}" if seq_name else child_name
+            if type(conv) not in _CONVS:
+                i += 1
+                continue
+            why = unsupported_conv_reason(conv) or _seq_problem(conv, names)
+            if why:
+                rep.left_alone.append((full, why))
+                i += 1
+                continue
+            chain = [full, None, None, None]
+            if i > 0 and type(items[i - 1][1]) is nn.ReflectionPad2d and not _seq_problem(items[i - 1][1], names) \
+                    and not _pad_problem(items[i - 1][1], conv):
+                chain[3] = f"{seq_name}.{items[i - 1][0]}" if seq_name else items[i - 1][0]
+            j = i + 1
+            if j < len(items) and type(items[j][1]) in _NORMS and not _seq_problem(items[j][1], names) \
+                    and items[j][1].num_features == conv.out_channels:
+                chain[1] = f"{seq_name}.{items[j][0]}" if seq_name else items[j][0]
+                j += 1
+            if j < len(items) and type(items[j][1]) in _ACTS and not _seq_problem(items[j][1], names) \
+                    and not _act_problem(items[j][1]):
+                chain[2] = f"{seq_name}.{items[j][0]}" if seq_name else items[j][0]
+                j += 1
+            if j == i + 1 and chain[3] is None:
+                rep.left_alone.append((full, "nothing fusable follows it in its Sequential"))
+            else:
+                chains.append(tuple(chain))
+            i = j
+    return chains
+
+
+def _seq_problem(m, names):
+    if len(names.get(id(m), ())) != 1:
+        return "registered under several names"
+    if _has_hooks(m):
+        return "has hooks"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Rewriting
+# ----------------------------------------------------------------------------------------------
+def _replace(model, conv_name, norm_name, act_name, pad_name, impl, rep):
+    conv = model.get_submodule(conv_name)
+    norm = model.get_submodule(norm_name) if norm_name else None
+    act = model.get_submodule(act_name) if act_name else None
+    pad = model.get_submodule(pad_name) if pad_name else None
+    reflect_pad = (pad.padding[2], pad.padding[0]) if pad is not None else None
+    fused = Conv2dNormAct.from_modules(conv, norm, act, impl=impl, reflect_pad=reflect_pad)
+    for key in conv.state_dict().keys():
+        rep.key_map[f"{conv_name}.{key}"] = f"{conv_name}.conv.{key}"
+    if norm is not None:
+        for key in norm.state_dict().keys():
+            rep.key_map[f"{norm_name}.{key}"] = f"{conv_name}.norm.{key}"
+    _set_submodule(model, conv_name, fused)
+    for name in (norm_name, act_name, pad_name):
+        if name:
+            _set_submodule(model, name, nn.Identity())
+    kind = "+".join(type(m).__name__ for m in (pad, conv, norm, act) if m is not None)
+    rep.fused.append(FusedChain(conv_name, norm_name, act_name, kind, pad_name))
+
+
+def _set_submodule(model, name, module):
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
