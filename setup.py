@@ -1,5 +1,10 @@
 """Installs the three code folders as the namespace packages fusegan.kernels, fusegan.models, fusegan.engine."""
-from setuptools import setup
+from setuptools import find_packages, setup
+
+# Source folder -> installed package. `fusegan` itself is an implicit namespace: only these are packages.
+FOLDERS = {"kernels": "fusegan.kernels", "models": "fusegan.models", "engine": "fusegan.engine"}
+PACKAGES = list(FOLDERS.values())
+PACKAGES += [f"{name}.{sub}" for folder, name in FOLDERS.items() for sub in find_packages(folder)]
 
 setup(
     name="fusegan",
@@ -8,20 +13,16 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    # `fusegan` itself is an implicit namespace: only the three folders below are packages.
-    packages=["fusegan.kernels", "fusegan.models", "fusegan.engine"],
-    package_dir={
-        "fusegan.kernels": "kernels",
-        "fusegan.models": "models",
-        "fusegan.engine": "engine",
-    },
+    packages=PACKAGES,
+    package_dir={name: folder for folder, name in FOLDERS.items()},
     install_requires=[
         "torch>=2.6",
         "numpy",
+        "safetensors",
         'triton; platform_system == "Linux"',
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "pytest-xdist", "safetensors"],
+        "test": ["pytest", "pytest-benchmark", "pytest-xdist"],
         "bench": ["nvidia-ml-py", "matplotlib"],
     },
     entry_points={"console_scripts": ["fusegan = fusegan.engine.cli:main"]},
