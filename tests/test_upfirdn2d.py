@@ -143,13 +143,24 @@ def test_triton_matches_reference(device, dtype, up, down, padding, taps, flip, 
     torch.testing.assert_close(y, expected, **TOL[dtype])
 
 
-def test_triton_spans_several_tiles(device):
-    # 64x300 outputs: several programs along both spatial axes, with a ragged last tile in each.
+def test_triton_spans_several_tiles(device, monkeypatch):
+    # 64x300 outputs: several programs along both spatial axes, with a ragged last tile in each
+    # (at the GPU tile size; the interpreter's larger tiles would cover the rows in one program).
+    monkeypatch.setattr(mod, "_INTERPRETER_TILE", mod._TILE)
     x = torch.randn(1, 2, 32, 150, device=device)
     f = _filter(NONSYM_2D).to(device)
     y = upfirdn2d(x, f, up=2, padding=[2, 1, 1, 1], impl="triton")
     assert y.shape == (1, 2, 64, 300)
     torch.testing.assert_close(y, upfirdn2d(x, f, up=2, padding=[2, 1, 1, 1], impl="ref"), **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("channels", [3, 70])  # 70 > the 64-channel tile: a ragged channel block
+def test_triton_nchw_small_planes_pack_channels(device, channels):
+    # 5x6 planes leave room in a tile: one program covers several channels, the last block ragged.
+    x = torch.randn(2, channels, 5, 6, device=device)
+    f = _filter(NONSYM_2D).to(device)
+    torch.testing.assert_close(upfirdn2d(x, f, up=2, padding=[1, 2, 2, 1], impl="triton"),
+                               upfirdn2d(x, f, up=2, padding=[1, 2, 2, 1], impl="ref"), **TOL[torch.float32])
 
 
 @pytest.mark.parametrize("channels", [3, 70])  # 70 > the 64-channel tile: a ragged channel block
