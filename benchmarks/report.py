@@ -132,7 +132,8 @@ def _notes(by_variant):
 
 def target_rows(meta, records):
     """[(case, mode, what, target, measured, met)] for every target a case states."""
-    fields = {"vs_eager": "speedup_vs_eager", "vs_compile": "speedup_vs_compile", "frac_copy_bw": "frac_copy_bw"}
+    fields = {"vs_eager": "speedup_vs_eager", "vs_compile": "speedup_vs_compile", "frac_copy_bw": "frac_copy_bw",
+              "frac_matmul_peak": "frac_matmul_peak"}
     groups = group_by_case_mode(records)
     rows = []
     for case, info in meta.get("cases", {}).items():

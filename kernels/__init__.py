@@ -7,9 +7,12 @@ the public function, which dispatches through `_dispatch.resolve_impl`.
 from ._dispatch import default_impl, interpreter_active, resolve_impl
 from ._triton import HAS_TRITON
 from .bias_act import activation_funcs, bias_act
+from ._conv_ops import no_weight_gradients
+from .conv2d_resample import conv2d_resample
 from .conv_norm_act import Conv2dNormAct, conv2d_norm_act
 from .gan_loss import gan_loss
 from .minibatch_std import minibatch_std
+from .modulated_conv2d import modulated_conv2d
 from .normalize import normalize_2nd_moment
 from .regularizers import gradient_penalty, path_length_penalty, r1_penalty
 from .upfirdn2d import downsample2d, filter2d, setup_filter, upfirdn2d, upsample2d
@@ -19,6 +22,8 @@ from .vae_loss import vae_loss
 OPS = (
     "bias_act",
     "upfirdn2d",
+    "modulated_conv2d",
+    "conv2d_resample",
     "conv2d_norm_act",
     "gan_loss",
     "r1_penalty",
@@ -36,6 +41,7 @@ __all__ = [
     "activation_funcs",
     "bias_act",
     "conv2d_norm_act",
+    "conv2d_resample",
     "default_impl",
     "downsample2d",
     "filter2d",
@@ -43,6 +49,8 @@ __all__ = [
     "gradient_penalty",
     "interpreter_active",
     "minibatch_std",
+    "modulated_conv2d",
+    "no_weight_gradients",
     "normalize_2nd_moment",
     "path_length_penalty",
     "r1_penalty",

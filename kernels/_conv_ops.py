@@ -1,0 +1,224 @@
+"""The `fusegan::` custom ops around the implicit-GEMM kernels, and their autograd.
+
+Two ops, closed under differentiation (so gradients of any order run on the same two fused kernels):
+
+* `fusegan::conv2d_fused(x, w, in_scale, out_scale, noise, bias, ...)` =
+      clamp(gain * act(out_scale * conv(x * in_scale, w) + noise + bias))
+  with conv a strided/padded conv2d or (transposed=True) its adjoint. Forward is ONE kernel launch.
+* `fusegan::conv2d_wgrad(a, b, a_scale, b_scale, ...)`[i, j, k] = sum_{n,p} a_scale a[n,i,p] * b_scale b[n,j,p*s-pad+k]
+  (the weight gradient; one kernel, a reduction over the batch).
+
+Backward of conv2d_fused (gy):
+  gpre = bias_act's gradient (the activation/gain/clamp part; gy * gain when linear)
+  gnoise, gbias = sums of gpre;  gx = in_scale * conv^T(out_scale * gpre, w)  (conv2d_fused, transposed flag flipped)
+  gw = conv2d_wgrad;  gin_scale / gout_scale = per-sample spatial sums of x*(conv^T ...) and gpre*(conv ...).
+Backward of conv2d_wgrad: two conv2d_fused calls. Everything in both backwards is a fusegan op or a plain
+differentiable torch op, so the backward is itself differentiable (gradgradcheck, path-length regularization).
+"""
+import contextlib
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _implicit_gemm as _ig
+from .bias_act import _bias_act_grad_op
+
+_weight_gradients_disabled = False
+
+
+@contextlib.contextmanager
+def no_weight_gradients(disable=True):
+    """Like NVIDIA's conv2d_gradfix.no_weight_gradients: while active, backward passes computed by fusegan's conv
+    ops skip the weight gradient (it is read when the backward runs, as in NVIDIA's). Used while regularizing."""
+    global _weight_gradients_disabled
+    old = _weight_gradients_disabled
+    if disable:
+        _weight_gradients_disabled = True
+    try:
+        yield
+    finally:
+        _weight_gradients_disabled = old
+
+
+def weight_gradients_disabled() -> bool:
+    return _weight_gradients_disabled
+
+
+def _layout_of(x):
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fusegan::conv2d_fused
+
+@torch.library.custom_op("fusegan::conv2d_fused", mutates_args=())
+def _conv2d_fused_op(x: Tensor, w: Tensor, in_scale: Optional[Tensor], out_scale: Optional[Tensor],
+                     noise: Optional[Tensor], bias: Optional[Tensor], stride: int, pad_y: int, pad_x: int,
+                     out_h: int, out_w: int, transposed: bool, act: str, alpha: float, gain: float,
+                     clamp: Optional[float], save_conv: bool) -> tuple[Tensor, Tensor]:
+    if noise is not None:
+        noise = noise.expand(x.shape[0], w.shape[0], out_h, out_w)
+    return _ig.conv_fwd_triton(x, w, in_scale, out_scale, noise, bias, stride=stride, pad_y=pad_y, pad_x=pad_x,
+                               out_h=out_h, out_w=out_w, transposed=transposed, act=act, alpha=alpha, gain=gain,
+                               clamp=clamp, save_conv=save_conv)
+
+
+@_conv2d_fused_op.register_fake
+def _(x, w, in_scale, out_scale, noise, bias, stride, pad_y, pad_x, out_h, out_w, transposed, act, alpha, gain,
+      clamp, save_conv):
+    y = torch.empty((x.shape[0], w.shape[0], out_h, out_w), dtype=x.dtype, device=x.device,
+                    memory_format=_layout_of(x))
+    return y, (torch.empty_like(y) if save_conv else y.new_empty(0))
+
+
+def conv2d_fused(x, w, in_scale=None, out_scale=None, noise=None, bias=None, *, stride=1, pad_y=0, pad_x=0,
+                 out_h, out_w, transposed=False, act="linear", alpha=0.0, gain=1.0, clamp=None, save_conv=False):
+    """`w` is the logical [O, C, KH, KW] weight of this conv (a transposed view is fine: no copy).
+
+    Returns y. With save_conv=True the kernel also stores the raw conv output (one extra write) and keeps it for
+    the backward, which then needs no recomputation GEMM (worth it in training when the epilogue is nonlinear
+    or out_scale needs a gradient)."""
+    y, _ = _conv2d_fused_op(x, w, in_scale, out_scale, noise, bias, int(stride), int(pad_y), int(pad_x),
+                            int(out_h), int(out_w), bool(transposed), act, float(alpha), float(gain),
+                            None if clamp is None else float(clamp), bool(save_conv))
+    return y
+
+
+def _linear_part_backward(x, w, in_scale, out_scale, gz, geo, needs, conv=None, g_conv=None):
+    """Gradients of z = out_scale * conv(x * in_scale, w) given dL/dz = gz (and dL/dconv = g_conv when the raw conv
+    output is itself used, as in double backward). `geo` = (stride, pad_y, pad_x, transposed).
+    `needs` = (x, w, in_scale, out_scale); `conv`: conv(x * in_scale, w) if the caller has it already.
+    Built only from fusegan ops and differentiable torch ops."""
+    stride, pad_y, pad_x, transposed = geo
+    need_x, need_w, need_is, need_os = needs
+    H, W = x.shape[2], x.shape[3]
+    gx = gw = gis = gos = None
+    if need_os:
+        if conv is None:
+            conv = conv2d_fused(x, w, in_scale, None, stride=stride, pad_y=pad_y, pad_x=pad_x, out_h=gz.shape[2],
+                                out_w=gz.shape[3], transposed=transposed)
+        gos = (gz * conv).sum(dim=(2, 3)).to(out_scale.dtype)
+    if g_conv is not None:  # both gradients reach the raw conv: combine them, then no out_scale in the GEMMs
+        gz = (gz if out_scale is None else gz * out_scale.to(gz.dtype)[:, :, None, None]) + g_conv.to(gz.dtype)
+        out_scale = None
+    adj = dict(stride=stride, pad_y=pad_y, pad_x=pad_x, out_h=H, out_w=W, transposed=not transposed)
+    if need_is:  # one adjoint conv serves both gx and the style gradient
+        u = conv2d_fused(gz, w.transpose(0, 1), out_scale, None, **adj)
+        gis = (x * u).sum(dim=(2, 3)).to(in_scale.dtype)
+        if need_x:
+            gx = u * in_scale.to(u.dtype)[:, :, None, None]
+    elif need_x:
+        gx = conv2d_fused(gz, w.transpose(0, 1), out_scale, in_scale, **adj)
+    if need_w and not _weight_gradients_disabled:
+        kh, kw = w.shape[2], w.shape[3]
+        if transposed:  # gw[o, c] = sum x[c, q] gz[o, q*s - pad + k]
+            gw = conv2d_wgrad(x, gz, in_scale, out_scale, stride=stride, pad_y=pad_y, pad_x=pad_x, kh=kh, kw=kw)
+            gw = gw.transpose(0, 1)
+        else:  # gw[o, c] = sum gz[o, p] x[c, p*s - pad + k]
+            gw = conv2d_wgrad(gz, x, out_scale, in_scale, stride=stride, pad_y=pad_y, pad_x=pad_x, kh=kh, kw=kw)
+        gw = gw.to(w.dtype)
+    return gx, gw, gis, gos
+
+
+def _fused_setup_context(ctx, inputs, output):
+    (x, w, in_scale, out_scale, noise, bias, stride, pad_y, pad_x, out_h, out_w, transposed, act, alpha, gain, clamp,
+     save_conv) = inputs
+    ctx.set_materialize_grads(False)  # an unused output (the saved conv) gets None, not a tensor of zeros
+    ctx.geo = (stride, pad_y, pad_x, transposed)
+    ctx.epi = (act, alpha, gain, clamp)
+    ctx.noise_shape = None if noise is None else noise.shape
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.noise_dtype = None if noise is None else noise.dtype
+    ctx.out_hw = (out_h, out_w)
+    ctx.save_for_backward(x, w, in_scale, out_scale, noise, bias, output[1] if save_conv else None)
+
+
+def _fused_backward(ctx, gy, g_conv):
+    x, w, in_scale, out_scale, noise, bias, conv = ctx.saved_tensors
+    if conv is None or g_conv is None or g_conv.numel() == 0:  # (traced backwards may pass zeros / empties)
+        g_conv = None
+    if gy is None:  # only the saved conv output was used
+        gy = torch.zeros((x.shape[0], w.shape[0], *ctx.out_hw), dtype=x.dtype, device=x.device)
+    act, alpha, gain, clamp = ctx.epi
+    stride, pad_y, pad_x, transposed = ctx.geo
+    nx = ctx.needs_input_grad
+    nonlinear = not (act == "linear" and clamp is None)
+    if conv is None and (nonlinear or nx[3]):
+        # The forward did not keep the conv output (save_conv=False), so it is recomputed once here for the
+        # activation's and the demodulation's gradients: one GEMM, differentiable like the rest.
+        conv = conv2d_fused(x, w, in_scale, None, stride=stride, pad_y=pad_y, pad_x=pad_x, out_h=ctx.out_hw[0],
+                            out_w=ctx.out_hw[1], transposed=transposed)
+    if nonlinear:
+        pre = conv if out_scale is None else conv * out_scale.to(conv.dtype)[:, :, None, None]
+        if noise is not None:
+            pre = pre + noise.to(pre.dtype)
+        if bias is not None:
+            pre = pre + bias.to(pre.dtype)[None, :, None, None]
+        # bias_act's own differentiable gradient op (its autograd supplies the f'' term of smooth activations)
+        gpre = _bias_act_grad_op(gy, pre, None, 1, act, alpha, gain, -1.0 if clamp is None else clamp, False)[0]
+    else:
+        gpre = gy if gain == 1 else gy * gain
+    gnoise = gbias = None
+    if nx[4]:
+        gnoise = gpre.sum_to_size(ctx.noise_shape).to(ctx.noise_dtype)
+    if nx[5]:
+        gbias = gpre.sum(dim=(0, 2, 3)).to(ctx.bias_dtype)
+    gx, gw, gis, gos = _linear_part_backward(x, w, in_scale, out_scale, gpre, ctx.geo, nx[:4], conv, g_conv)
+    return gx, gw, gis, gos, gnoise, gbias, None, None, None, None, None, None, None, None, None, None, None
+
+
+_conv2d_fused_op.register_autograd(_fused_backward, setup_context=_fused_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fusegan::conv2d_wgrad
+
+@torch.library.custom_op("fusegan::conv2d_wgrad", mutates_args=())
+def _conv2d_wgrad_op(a: Tensor, b: Tensor, a_scale: Optional[Tensor], b_scale: Optional[Tensor], stride: int,
+                     pad_y: int, pad_x: int, kh: int, kw: int) -> Tensor:
+    return _ig.conv_wgrad_triton(a, b, a_scale, b_scale, stride=stride, pad_y=pad_y, pad_x=pad_x, kh=kh, kw=kw)
+
+
+@_conv2d_wgrad_op.register_fake
+def _(a, b, a_scale, b_scale, stride, pad_y, pad_x, kh, kw):
+    return a.new_empty((a.shape[1], b.shape[1], kh, kw))
+
+
+def conv2d_wgrad(a, b, a_scale=None, b_scale=None, *, stride=1, pad_y=0, pad_x=0, kh, kw):
+    return _conv2d_wgrad_op(a, b, a_scale, b_scale, int(stride), int(pad_y), int(pad_x), int(kh), int(kw))
+
+
+def _wgrad_setup_context(ctx, inputs, output):
+    a, b, a_scale, b_scale, stride, pad_y, pad_x, kh, kw = inputs
+    ctx.geo = (stride, pad_y, pad_x)
+    ctx.save_for_backward(a, b, a_scale, b_scale)
+
+
+def _wgrad_backward(ctx, gg):
+    a, b, a_scale, b_scale = ctx.saved_tensors
+    stride, pad_y, pad_x = ctx.geo
+    need_a, need_b, need_as, need_bs = ctx.needs_input_grad[:4]
+    gg = gg.to(a.dtype)
+    geo = dict(stride=stride, pad_y=pad_y, pad_x=pad_x)
+    ga = gb = gas = gbs = None
+    # g = sum a_scale a * conv-window(b_scale b): wrt a it is a conv of b with gg, wrt b a transposed conv of a.
+    if need_a or need_as:
+        u = conv2d_fused(b, gg, b_scale, None, out_h=a.shape[2], out_w=a.shape[3], **geo)
+        if need_as:
+            gas = (a * u).sum(dim=(2, 3)).to(a_scale.dtype)
+        if need_a:
+            ga = u if a_scale is None else u * a_scale.to(u.dtype)[:, :, None, None]
+    if need_b or need_bs:
+        v = conv2d_fused(a, gg.transpose(0, 1), a_scale, None, out_h=b.shape[2], out_w=b.shape[3], transposed=True,
+                         **geo)
+        if need_bs:
+            gbs = (b * v).sum(dim=(2, 3)).to(b_scale.dtype)
+        if need_b:
+            gb = v if b_scale is None else v * b_scale.to(v.dtype)[:, :, None, None]
+    return ga, gb, gas, gbs, None, None, None, None, None
+
+
+_conv2d_wgrad_op.register_autograd(_wgrad_backward, setup_context=_wgrad_setup_context)

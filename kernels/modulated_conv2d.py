@@ -1,0 +1,144 @@
+"""StyleGAN2's modulated convolution as one implicit-GEMM layer (forward, backward and double backward).
+
+    y = clamp(gain * act(d[n, o] * conv_resample(x * s[n, :], weight) + noise + bias))
+    d[n, o] = rsqrt(sum_{i,k} (weight[o, i, k] * s[n, i])^2 + 1e-8)          (when demodulate)
+
+With bias=None and act='linear' this is NVIDIA StyleGAN2-ADA's `modulated_conv2d` (training/networks.py),
+fp16 pre-normalization of weight and styles included; `fused_modconv` is accepted and ignored (the result never
+depends on it: there is no grouped conv with per-sample weights here, on either path).
+
+Paths:
+  * reference (`impl='ref'`, the CPU default): NVIDIA's non-fused composition in plain PyTorch: x * styles,
+    conv2d_resample (F.conv2d / F.conv_transpose2d + upfirdn2d), * dcoefs + noise, bias_act's reference.
+  * Triton: the implicit-GEMM kernel of kernels/_implicit_gemm.py over the SHARED weight. Its prologue scales the
+    input channels by the per-sample style (in registers, on the weight tile), its epilogue applies demodulation,
+    noise, bias, activation (bias_act's own jit helper), gain and clamp before the single store.
+      - up=1 (3x3 and 1x1/ToRGB): ONE kernel launch for the whole layer.
+      - down=2: the upfirdn2d kernel (FIR + pad), then ONE fused strided implicit GEMM with the whole epilogue.
+      - up=2: the transposed stride-2 implicit GEMM (style prologue, demodulation epilogue), then the upfirdn2d
+        kernel (FIR, gain 4), then noise + bias_act (an add and bias_act's kernel): NOT fused into the GEMM.
+    Backward (kernels/_conv_ops.py): dX is the transposed implicit GEMM with the same prologue/epilogue trick,
+    dW a fused reduction over the batch, dstyles/ddemod per-sample spatial sums, dbias/dnoise sums of the
+    bias_act gradient; all of it made of fusegan custom ops with their own autograd, so it is differentiable.
+  Demodulation coefficients never build the [N, O, I, k, k] tensor: d = rsqrt(s^2 @ sum_k(w^2).T + eps),
+  a tiny [N, I] x [I, O] matmul in torch (differentiable, so styles and weight get their gradient through it).
+
+`no_weight_gradients()` (NVIDIA's conv2d_gradfix API) skips the convolution's weight gradient while active.
+"""
+import math
+
+import torch
+
+from ._dispatch import resolve_impl
+from ._validate import check_finite_number, check_same_device, check_tensor
+from .bias_act import _bias_act_ref, activation_funcs
+from .conv2d_resample import (_conv2d_resample_ref, _conv2d_resample_triton, check_resample_args,
+                              no_weight_gradients, output_size)
+
+__all__ = ["modulated_conv2d", "no_weight_gradients", "demodulation_coefficients"]
+
+DEMOD_EPS = 1e-8
+
+
+def demodulation_coefficients(weight, styles, eps=DEMOD_EPS):
+    """d[n, o] = rsqrt(sum_{i, ky, kx} (weight[o, i, ky, kx] * styles[n, i])^2 + eps), as one small matmul."""
+    return (styles.square() @ weight.square().sum(dim=(2, 3)).transpose(0, 1) + eps).rsqrt()
+
+
+def _prenormalize_fp16(weight, styles):
+    """NVIDIA's guard against fp16 overflow (only with demodulation, which makes the result scale-invariant)."""
+    in_channels, kh, kw = weight.shape[1:]
+    weight = weight * (1 / math.sqrt(in_channels * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
+    styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
+    return weight, styles
+
+
+def _modulated_conv2d_ref(x, weight, styles, dcoefs, noise, up, down, pads, f, flip_weight, bias, act, alpha, gain,
+                          clamp):
+    """NVIDIA's non-fused path (fused_modconv=False) in plain PyTorch, then bias_act's reference."""
+    n = x.shape[0]
+    x = x * styles.to(x.dtype).reshape(n, -1, 1, 1)
+    x = _conv2d_resample_ref(x, weight.to(x.dtype), f, up, down, pads, 1, flip_weight, False)
+    if dcoefs is not None:
+        x = x * dcoefs.to(x.dtype).reshape(n, -1, 1, 1)
+    if noise is not None:
+        x = x + noise.to(x.dtype)
+    if bias is not None or act != "linear" or gain != 1 or clamp is not None:
+        x = _bias_act_ref(x, None if bias is None else bias.to(x.dtype), 1, act, alpha, gain,
+                          -1.0 if clamp is None else clamp)
+    return x
+
+
+def _check_args(x, weight, styles, noise, up, down, padding, resample_filter, bias, act, alpha, gain, clamp,
+                flags):
+    check_tensor(x, "x", ndim=4)
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 4:
+        raise ValueError(f"weight must be a 4-D [out_channels, in_channels, kh, kw] tensor, got "
+                         f"{tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}")
+    up, down, pads, _ = check_resample_args(x, weight, resample_filter, up, down, padding, 1, w_name="weight",
+                                            f_name="resample_filter")
+    check_tensor(styles, "styles", ndim=2)
+    check_same_device(x, "x", styles, "styles")
+    if tuple(styles.shape) != (x.shape[0], x.shape[1]):
+        raise ValueError(f"styles must have shape [batch, in_channels] = {[x.shape[0], x.shape[1]]}, got "
+                         f"{list(styles.shape)}")
+    out_shape = (x.shape[0], weight.shape[0],
+                 *output_size(x.shape[2], x.shape[3], weight.shape[2], weight.shape[3], resample_filter, up, down,
+                              pads))
+    if noise is not None:
+        check_tensor(noise, "noise")
+        check_same_device(x, "x", noise, "noise")
+        try:
+            ok = noise.ndim <= 4 and torch.broadcast_shapes(noise.shape, out_shape) == out_shape
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"noise of shape {list(noise.shape)} does not broadcast to the output shape "
+                             f"{list(out_shape)}")
+    if bias is not None:
+        check_tensor(bias, "bias", ndim=1)
+        check_same_device(x, "x", bias, "bias")
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias has length {bias.shape[0]} but weight has {weight.shape[0]} out channels")
+    if not isinstance(act, str) or act not in activation_funcs:
+        raise ValueError(f"act must be one of {sorted(activation_funcs)}, got {act!r}")
+    for name, value in flags.items():
+        if not isinstance(value, (bool, int)):
+            raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    spec = activation_funcs[act]
+    alpha = check_finite_number(alpha, "alpha")
+    gain = check_finite_number(gain, "gain")
+    clamp = check_finite_number(clamp, "clamp")
+    alpha = spec.def_alpha if alpha is None else alpha
+    gain = spec.def_gain if gain is None else gain
+    clamp = None if clamp is None or clamp < 0 else clamp
+    return up, down, pads, alpha, gain, clamp
+
+
+def modulated_conv2d(x, weight, styles, noise=None, up=1, down=1, padding=0, resample_filter=None, demodulate=True,
+                     flip_weight=True, fused_modconv=True, bias=None, act="linear", alpha=None, gain=None,
+                     clamp=None, impl=None):
+    """StyleGAN2 modulated convolution (+ optional fused bias_act), NVIDIA StyleGAN2-ADA semantics.
+
+    x: [N, I, H, W]; weight: [O, I, kh, kw] (shared by the batch); styles: [N, I]; noise: broadcastable to the
+    output [N, O, OH, OW], added after demodulation; up, down in {1, 2}; padding as NVIDIA's conv2d_resample
+    (with respect to the upsampled image); resample_filter from upfirdn2d.setup_filter; demodulate, flip_weight
+    as NVIDIA; fused_modconv: accepted, no effect. bias [O], act/alpha/gain/clamp: bias_act's semantics, applied
+    after the noise (bias=None, act='linear' gives NVIDIA's modulated_conv2d exactly). impl: None/'ref'/'triton'.
+    Returns [N, O, OH, OW] in x's dtype and layout.
+    """
+    up, down, pads, alpha, gain, clamp = _check_args(
+        x, weight, styles, noise, up, down, padding, resample_filter, bias, act, alpha, gain, clamp,
+        dict(demodulate=demodulate, flip_weight=flip_weight, fused_modconv=fused_modconv))
+    impl = resolve_impl(impl, x.device)
+
+    if x.dtype == torch.float16 and demodulate:
+        weight, styles = _prenormalize_fp16(weight, styles)
+    dcoefs = demodulation_coefficients(weight, styles) if demodulate else None
+
+    if impl == "ref":
+        return _modulated_conv2d_ref(x, weight, styles, dcoefs, noise, up, down, pads, resample_filter,
+                                     bool(flip_weight), bias, act, alpha, gain, clamp)
+    return _conv2d_resample_triton(x, weight, resample_filter, up, down, pads, 1, bool(flip_weight), False,
+                                   in_scale=styles, out_scale=dcoefs, noise=noise, bias=bias, act=act, alpha=alpha,
+                                   gain=gain, clamp=clamp)
