@@ -20,6 +20,7 @@ writes per-tile partial statistics (sum and centred sum of squares, merged with 
 import torch
 
 from ._dispatch import interpreter_active
+from ._implicit_gemm import _mma  # acc += a @ b, shared with the modulated-conv kernels
 from ._triton import compute_dtype, tl, triton
 
 ACT_CODES = {"linear": 0, "relu": 1, "lrelu": 2, "tanh": 3, "sigmoid": 4}
@@ -29,25 +30,6 @@ STATS_NONE, STATS_BATCH, STATS_INSTANCE = 0, 1, 2
 # ----------------------------------------------------------------------------------------------
 # Shared device helpers
 # ----------------------------------------------------------------------------------------------
-@triton.jit
-def _mma(a, b, acc, USE_DOT: tl.constexpr, ALLOW_TF32: tl.constexpr, UPCAST: tl.constexpr):
-    """acc += a @ b: tl.dot (tensor cores, fp32 accumulation), or an exact multiply-sum for fp64,
-    which tl.dot does not support on every backend. UPCAST: the CPU interpreter's bf16 tl.dot is
-    wrong in triton 3.9, so there bf16 tiles are multiplied in fp32 (exact for bf16 products).
-    (Same helper as _implicit_gemm._mma, kept here so the two op families can evolve separately.)"""
-    if UPCAST:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    if USE_DOT:
-        if ALLOW_TF32:
-            acc = tl.dot(a, b, acc, input_precision="tf32")
-        else:
-            acc = tl.dot(a, b, acc, input_precision="ieee")
-    else:
-        acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)
-    return acc
-
-
 @triton.jit
 def _load_alpha(alpha_ptr, ACT: tl.constexpr, CDTYPE: tl.constexpr):
     # alpha arrives as a 1-element tensor in the compute dtype: a Python float argument would be
