@@ -492,6 +492,24 @@ _bias_act_grad_op.register_autograd(_grad_backward, setup_context=_grad_setup_co
 # ----------------------------------------------------------------------------------------------
 # 5. Public function
 # ----------------------------------------------------------------------------------------------
+def resolve_act_args(act, alpha, gain, clamp):
+    """Checks `act`, `alpha`, `gain`, `clamp` and fills in the activation's defaults (NVIDIA's).
+
+    Returns (alpha, gain, clamp) as floats, with clamp None when clamping is off (None or < 0).
+    Shared by every op whose epilogue applies an activation, so they agree on defaults and errors.
+    """
+    if not isinstance(act, str) or act not in activation_funcs:
+        raise ValueError(f"act must be one of {sorted(activation_funcs)}, got {act!r}")
+    spec = activation_funcs[act]
+    alpha = check_finite_number(alpha, "alpha")
+    gain = check_finite_number(gain, "gain")
+    clamp = check_finite_number(clamp, "clamp")
+    alpha = spec.def_alpha if alpha is None else alpha
+    gain = spec.def_gain if gain is None else gain
+    clamp = None if clamp is None or clamp < 0 else clamp
+    return alpha, gain, clamp
+
+
 def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None, impl=None):
     """Adds bias `b` along `dim` of `x`, applies activation `act`, scales by `gain` and clamps to +-`clamp`.
 
@@ -513,15 +531,8 @@ def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None, 
         if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
             raise TypeError(f"dim must be an int, got {type(dim).__name__}")
         dim = 0
-    if not isinstance(act, str) or act not in activation_funcs:
-        raise ValueError(f"act must be one of {sorted(activation_funcs)}, got {act!r}")
-    spec = activation_funcs[act]
-    alpha = check_finite_number(alpha, "alpha")
-    gain = check_finite_number(gain, "gain")
-    clamp = check_finite_number(clamp, "clamp")
-    alpha = spec.def_alpha if alpha is None else alpha
-    gain = spec.def_gain if gain is None else gain
-    clamp = -1.0 if clamp is None or clamp < 0 else clamp
+    alpha, gain, clamp = resolve_act_args(act, alpha, gain, clamp)
+    clamp = -1.0 if clamp is None else clamp  # the kernels' "no clamp"
 
     impl = resolve_impl(impl, x.device)
     if impl == "ref":

@@ -30,8 +30,8 @@ import math
 import torch
 
 from ._dispatch import resolve_impl
-from ._validate import check_finite_number, check_same_device, check_tensor
-from .bias_act import _bias_act_ref, activation_funcs
+from ._validate import check_same_device, check_tensor
+from .bias_act import _bias_act_ref, activation_funcs, resolve_act_args
 from .conv2d_resample import (_conv2d_resample_ref, _conv2d_resample_triton, check_resample_args,
                               no_weight_gradients, output_size)
 
@@ -105,13 +105,7 @@ def _check_args(x, weight, styles, noise, up, down, padding, resample_filter, bi
     for name, value in flags.items():
         if not isinstance(value, (bool, int)):
             raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    spec = activation_funcs[act]
-    alpha = check_finite_number(alpha, "alpha")
-    gain = check_finite_number(gain, "gain")
-    clamp = check_finite_number(clamp, "clamp")
-    alpha = spec.def_alpha if alpha is None else alpha
-    gain = spec.def_gain if gain is None else gain
-    clamp = None if clamp is None or clamp < 0 else clamp
+    alpha, gain, clamp = resolve_act_args(act, alpha, gain, clamp)
     return up, down, pads, alpha, gain, clamp
 
 
