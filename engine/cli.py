@@ -55,6 +55,25 @@ def cmd_bench(args) -> int:
     return bench_cli.main(args.bench_args, prog="fusegan bench")
 
 
+def cmd_convert(args) -> int:
+    """Converts NVIDIA StyleGAN2-ADA weights (pickle or state dict) to one safetensors file of G/D/G_ema."""
+    from safetensors.torch import save_file
+
+    from fusegan.models.stylegan2 import load_nvlabs
+
+    try:
+        nets = load_nvlabs(args.source, mbstd_group_size=args.mbstd_group_size, conv_clamp=args.conv_clamp,
+                           num_fp16_res=args.num_fp16_res)
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"fusegan convert: {exc}", file=sys.stderr)
+        return 2
+    tensors = {f"{name}.{key}": value.contiguous() for name, net in nets.items()
+               for key, value in net.state_dict().items()}
+    save_file(tensors, args.out)
+    print(f"wrote {', '.join(nets)} ({len(tensors)} tensors) to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fusegan",
@@ -64,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     info = sub.add_parser("info", help="print versions, the device, and which implementation each op uses")
     info.set_defaults(func=cmd_info)
+    convert = sub.add_parser("convert", help="NVIDIA StyleGAN2-ADA pickle or state dict -> safetensors (G, D, G_ema)")
+    convert.add_argument("source", help="network-snapshot .pkl, or a .safetensors/.pt state dict with NVIDIA's names")
+    convert.add_argument("--out", required=True, help="the .safetensors file to write")
+    convert.add_argument("--mbstd-group-size", type=int, default=4, help="for state dicts (no tensor records it)")
+    convert.add_argument("--conv-clamp", type=float, default=None, help="for state dicts (NVIDIA default: none)")
+    convert.add_argument("--num-fp16-res", type=int, default=0, help="for state dicts (NVIDIA default: 0)")
+    convert.set_defaults(func=cmd_convert)
     # The options of `bench` live in benchmarks/cli.py (shared with `python -m benchmarks`), so everything after
     # `bench`, options included, is passed through: with no '-' in its prefix_chars this subparser takes
     # `--quick` or `--help` as plain words.

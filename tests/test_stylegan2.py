@@ -203,3 +203,25 @@ def test_restricted_unpickler_reads_plain_containers():
     from fusegan.models.stylegan2.nvlabs_pickle import load_pickle
 
     assert load_pickle(io.BytesIO(pickle.dumps({"a": [1, 2.0, "x"]}))) == {"a": [1, 2.0, "x"]}
+
+
+def test_cli_convert_writes_safetensors_that_load_back(tmp_path):
+    from safetensors.torch import load_file
+
+    from fusegan.engine.cli import main
+
+    out = tmp_path / "converted.safetensors"
+    assert main(["convert", str(GOLDEN), "--out", str(out)]) == 0
+    converted, original = load_file(str(out)), golden()
+    network_keys = [k for k in original if k.split(".")[0] in ("G", "D", "G_ema")]
+    assert sorted(converted) == sorted(network_keys)
+    for key in network_keys:
+        torch.testing.assert_close(converted[key], original[key], rtol=0, atol=0)
+
+
+def test_cli_convert_missing_file_is_one_clear_line(tmp_path, capsys):
+    from fusegan.engine.cli import main
+
+    assert main(["convert", str(tmp_path / "missing.pkl"), "--out", str(tmp_path / "x.safetensors")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.pkl" in err[0]
