@@ -19,10 +19,16 @@ setup(
         "torch>=2.6",
         "numpy",
         "safetensors",
+        "Pillow",  # image folders and grids
+        "tqdm",  # progress bar
+        "scipy",  # FID's matrix square root
+        "scikit-learn",  # the built-in `digits` dataset (bundled with it, never downloaded)
+        "scikit-image",  # the built-in `faces` dataset (lfw_subset, bundled)
         'triton; platform_system == "Linux"',
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "pytest-xdist"],
+        "test": ["pytest", "pytest-benchmark", "pytest-xdist", "tensorboard"],
+        "tensorboard": ["tensorboard"],
         "bench": ["nvidia-ml-py", "matplotlib"],
     },
     entry_points={"console_scripts": ["fusegan = fusegan.engine.cli:main"]},

@@ -171,6 +171,36 @@ def test_conv_autoencoder_triton_matches_ref(training):
         torch.testing.assert_close(p_tri.grad, p_ref.grad, **FP32, msg=lambda s: f"{name}: {s}")
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_conv_autoencoder_under_autocast_matches_plain_nn_under_autocast(training):
+    """The fused layers cast at use exactly as autocast casts nn.Conv2d / nn.Linear (norms stay fp32)."""
+    m = ConvAutoencoder(in_ch=1, resolution=32, latent_dim=6, base=4, impl="ref")
+    randomize_norms(m)
+    ref, top = reference_autoencoder(1, 32, 6, 4)
+    copy_into_reference(m, ref)
+    m.train(training), ref.train(training)
+    x = images(3, 1, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, _ = run_reference(ref, top, x)
+        got = m(x)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want, rtol=0, atol=0)  # the same bf16 ops in the same order
+    weights = torch.randn(got.shape)
+    (want.float() * weights).sum().backward()
+    (got.float() * weights).sum().backward()
+    grads = dict(m.named_parameters())
+    for fused, plain in (("fc_enc", ref["fc_enc"]), ("fc_dec", ref["fc_dec"]), ("encoder.0.conv", ref["encoder"][0]),
+                         ("decoder.0.conv", ref["decoder"][0]), ("decoder.0.norm", ref["decoder"][1])):
+        for leaf, p in plain.named_parameters():
+            assert grads[f"{fused}.{leaf}"].grad.dtype == torch.float32
+            torch.testing.assert_close(grads[f"{fused}.{leaf}"].grad, p.grad, rtol=0, atol=0)
+    for norm, plain in zip([layer.norm for layer in m.decoder if layer.norm is not None],
+                           [mod for mod in ref["decoder"] if isinstance(mod, nn.BatchNorm2d)], strict=True):
+        assert norm.running_mean.dtype == torch.float32  # updated in place, in fp32, as nn.BatchNorm2d
+        torch.testing.assert_close(norm.running_mean, plain.running_mean, rtol=0, atol=0)
+        torch.testing.assert_close(norm.running_var, plain.running_var, rtol=0, atol=0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Round trips and layouts
 # ---------------------------------------------------------------------------------------------
@@ -395,6 +425,34 @@ def test_pca_is_exact_at_full_rank_and_round_trips():
     # float32 data, as images are: still exact to float32 precision
     pca32 = PCAAutoencoder(rank).fit(x.float())
     torch.testing.assert_close(pca32(x.float()), x.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_pca_state_dict_restores_into_a_fresh_module(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    x = low_rank_data(30, (2, 5, 5), [5.0, 4.0, 3.0, 2.0, 1.0]).float()
+    pca = PCAAutoencoder(3).fit(x)
+    state = pca.state_dict()
+    assert set(state) == {"mean", "components", "singular_values", "num_fitted", "fitted_sample_shape"}
+    save_file(state, str(tmp_path / "pca.safetensors"))  # every entry is a tensor: safetensors can hold it
+    for saved in (state, load_file(str(tmp_path / "pca.safetensors"))):
+        fresh = PCAAutoencoder(3)
+        fresh.load_state_dict(saved)  # strict: no missing or unexpected keys
+        assert fresh.sample_shape == (2, 5, 5)
+        z = pca.encode(x)
+        assert torch.equal(fresh.encode(x), z)
+        assert torch.equal(fresh.decode(z), pca.decode(z))
+        assert torch.equal(fresh.explained_variance(), pca.explained_variance())
+    # a module fitted on data of another shape takes the saved fit over
+    other = PCAAutoencoder(3).fit(torch.rand(20, 1, 4, 4))
+    other.load_state_dict(state)
+    assert other.sample_shape == (2, 5, 5) and torch.equal(other(x), pca(x))
+    # an unfitted module's state is empty and restores as unfitted
+    empty = PCAAutoencoder(2)
+    assert empty.state_dict() == {}
+    PCAAutoencoder(2).load_state_dict(empty.state_dict())
+    with pytest.raises(RuntimeError, match="not fitted"):
+        PCAAutoencoder(2).encode(x)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """StyleGAN2 models: NVIDIA's parameter counts, the golden weight-compatibility vector, safe pickle loading."""
+import copy
 import io
 import json
+import math
 import os
 import pickle
 import sys
@@ -10,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fusegan.models.stylegan2 import Discriminator, Generator, load_nvlabs, set_impl
+from fusegan.models.stylegan2 import (Conv2dLayer, Discriminator, Generator, SynthesisLayer, ToRGBLayer, load_nvlabs,
+                                      set_impl)
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "stylegan2_ada_32px.safetensors"
@@ -225,3 +228,141 @@ def test_cli_convert_missing_file_is_one_clear_line(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "missing.pkl"), "--out", str(tmp_path / "x.safetensors")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing.pkl" in err[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Mixed precision (num_fp16_res, mp_dtype, conv_clamp) and memory format
+# ----------------------------------------------------------------------------------------------
+BF16_EPS = torch.finfo(torch.bfloat16).eps  # 2**-7
+# A tiny network with its top blocks in bf16 against the same weights in fp32, relative to the
+# output's largest value: twice the worst of six seeds (0.017), for a few bf16-rounded layers per block.
+MIXED_PRECISION_RTOL = 4 * BF16_EPS
+
+
+def tiny_g(**synthesis_kwargs):
+    return Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3, mapping_kwargs=dict(num_layers=2),
+                     synthesis_kwargs=dict(channel_base=128, channel_max=16, **synthesis_kwargs), impl="ref").eval()
+
+
+def tiny_d(**kwargs):
+    return Discriminator(c_dim=0, img_resolution=16, img_channels=3, channel_base=128, channel_max=16,
+                         mbstd_group_size=2, impl="ref", **kwargs)
+
+
+def record_features(net, prefix):
+    """{block name: the features tensor it returned}, filled by forward hooks."""
+    seen = {}
+    for name, block in net.named_children():
+        if name.startswith(prefix):
+            block.register_forward_hook(lambda m, args, out, name=name: seen.__setitem__(
+                name, out[0] if isinstance(out, tuple) else out))
+    return seen
+
+
+@pytest.mark.parametrize("synthesis_kwargs,lowp_blocks", [
+    (dict(num_fp16_res=2, mp_dtype=torch.bfloat16), {"b8", "b16"}),  # NVIDIA's rule: the top 2, never below 8
+    (dict(num_fp16_res="all", mp_dtype=torch.bfloat16), {"b4", "b8", "b16"}),
+    (dict(num_fp16_res=2, mp_dtype=torch.bfloat16, conv_clamp=256), {"b8", "b16"}),  # NVIDIA's fp16 setup
+], ids=["num_fp16_res=2", "all", "conv_clamp=256"])
+def test_generator_in_bf16_matches_fp32(synthesis_kwargs, lowp_blocks):
+    G32, G16 = tiny_g(), tiny_g(**synthesis_kwargs)
+    G16.load_state_dict(G32.state_dict())
+    features = record_features(G16.synthesis, "b")
+    z = torch.randn(4, 8)
+    img = G16(z, None, noise_mode="const")
+    assert {name: f.dtype for name, f in features.items()} == {
+        name: torch.bfloat16 if name in lowp_blocks else torch.float32 for name in ("b4", "b8", "b16")}
+    assert img.dtype == torch.float32  # ToRGB outputs are accumulated in fp32
+    assert_close_rel(img, G32(z, None, noise_mode="const"), rtol=MIXED_PRECISION_RTOL)
+    img.square().mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in G16.parameters())
+
+
+@pytest.mark.parametrize("num_fp16_res", [1, "all"])
+def test_discriminator_in_bf16_matches_fp32(num_fp16_res):
+    D32, D16 = tiny_d(), tiny_d(num_fp16_res=num_fp16_res, mp_dtype=torch.bfloat16)
+    D16.load_state_dict(D32.state_dict())
+    features = record_features(D16, "b")
+    img = torch.randn(4, 3, 16, 16)
+    logits = D16(img, None)
+    assert features["b16"].dtype == torch.bfloat16
+    assert features["b8"].dtype == (torch.bfloat16 if num_fp16_res == "all" else torch.float32)
+    assert logits.dtype == torch.float32  # the epilogue always runs in fp32
+    assert_close_rel(logits, D32(img, None), rtol=MIXED_PRECISION_RTOL)
+
+
+def _without_clamp(layer):
+    unclamped = copy.deepcopy(layer)
+    unclamped.conv_clamp = None
+    return unclamped
+
+
+CLAMPED_LAYERS = [
+    ("conv2d-layer", lambda: Conv2dLayer(4, 6, 3, activation="lrelu", conv_clamp=0.5), lambda: (torch.randn(2, 4, 8, 8),),
+     dict(gain=math.sqrt(0.5))),
+    ("synthesis-layer-up", lambda: SynthesisLayer(4, 6, w_dim=8, resolution=8, up=2, conv_clamp=0.5),
+     lambda: (torch.randn(2, 4, 4, 4), torch.randn(2, 8)), dict(noise_mode="const", gain=math.sqrt(0.5))),
+    ("torgb", lambda: ToRGBLayer(6, 3, w_dim=8, conv_clamp=0.05), lambda: (torch.randn(2, 6, 4, 4), torch.randn(2, 8)),
+     {}),
+]
+
+
+@pytest.mark.parametrize("make,make_inputs,kwargs", [c[1:] for c in CLAMPED_LAYERS], ids=[c[0] for c in CLAMPED_LAYERS])
+@pytest.mark.parametrize("impl", ["ref", "triton"])
+def test_conv_clamp_clamps_the_layer_output(device, make, make_inputs, kwargs, impl):
+    layer = set_impl(make(), impl).to(device)
+    inputs = [t.to(device) for t in make_inputs()]
+    if isinstance(layer, SynthesisLayer):
+        with torch.no_grad():
+            layer.noise_strength.fill_(0.3)
+    out = layer(*inputs, **kwargs)
+    unclamped = _without_clamp(layer)(*inputs, **kwargs)
+    limit = layer.conv_clamp * kwargs.get("gain", 1)  # NVIDIA scales the clamp with the gain (not ToRGB's)
+    assert out.abs().max() <= limit * (1 + 1e-6)
+    assert (unclamped.abs() > limit).float().mean() > 0.1  # the clamp really cuts: a test that can fail
+    torch.testing.assert_close(out, unclamped.clamp(-limit, limit), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mp_dtype,rtol", [(torch.float32, 1e-5), (torch.bfloat16, 2 * BF16_EPS)])
+def test_generator_channels_last_equals_nchw(mp_dtype, rtol):
+    # fp16_channels_last applies to the low-precision blocks, as in NVIDIA; num_fp16_res='all' with
+    # mp_dtype=float32 isolates the memory format from the rounding.
+    kwargs = dict(num_fp16_res="all", mp_dtype=mp_dtype)
+    G_nchw, G_cl = tiny_g(**kwargs), tiny_g(fp16_channels_last=True, **kwargs)
+    G_cl.load_state_dict(G_nchw.state_dict())
+    assert G_cl.synthesis.b8.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    features = record_features(G_cl.synthesis, "b")
+    z = torch.randn(3, 8)
+    img_cl = G_cl(z, None, noise_mode="const")
+    assert all(f.is_contiguous(memory_format=torch.channels_last) and not f.is_contiguous()
+               for f in features.values())
+    assert img_cl.is_contiguous()
+    assert_close_rel(img_cl, G_nchw(z, None, noise_mode="const"), rtol=rtol)
+
+
+def test_discriminator_channels_last_blocks_equal_nchw():
+    kwargs = dict(num_fp16_res="all", mp_dtype=torch.float32)
+    D_nchw, D_cl = tiny_d(**kwargs), tiny_d(block_kwargs=dict(fp16_channels_last=True), **kwargs)
+    D_cl.load_state_dict(D_nchw.state_dict())
+    features = record_features(D_cl, "b")
+    img = torch.randn(4, 3, 16, 16)
+    logits = D_cl(img, None)
+    assert features["b16"].is_contiguous(memory_format=torch.channels_last) and not features["b16"].is_contiguous()
+    assert_close_rel(logits, D_nchw(img, None), rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("num_fp16_res", [0, 2])
+def test_torch_compile_matches_eager_on_gpu(num_fp16_res):
+    G = Generator(z_dim=64, c_dim=0, w_dim=64, img_resolution=32, img_channels=3,
+                  synthesis_kwargs=dict(channel_base=1024, channel_max=64, num_fp16_res=num_fp16_res,
+                                        conv_clamp=256 if num_fp16_res else None)).cuda().eval()
+    D = Discriminator(c_dim=0, img_resolution=32, img_channels=3, channel_base=1024, channel_max=64,
+                      num_fp16_res=num_fp16_res, conv_clamp=256 if num_fp16_res else None).cuda()
+    z = torch.randn(4, 64, device="cuda")
+    eager_img = G(z, None, noise_mode="const")
+    img = torch.compile(G, fullgraph=True, backend="inductor")(z, None, noise_mode="const")
+    rtol = 1e-4 if num_fp16_res == 0 else 4 * torch.finfo(torch.float16).eps  # fp16 blocks: a few roundings apart
+    assert_close_rel(img, eager_img, rtol=rtol)
+    assert_close_rel(torch.compile(D, fullgraph=True, backend="inductor")(eager_img, None), D(eager_img, None),
+                     rtol=rtol)
