@@ -26,7 +26,7 @@ from .distributed import broadcast_parameters, init_from_env, shutdown
 from .grids import save_grid
 from .precision import Precision
 from .recipes import get_recipe
-from .recipes.base import DataInfo, TrainContext
+from .recipes.base import DataInfo, Recipe, TrainContext
 from .stats import StatsWriter
 
 REFERENCE_BATCH = 16  # real items handed to the recipe for input/output grids
@@ -154,6 +154,7 @@ class Trainer:
                 broadcast_parameters(net)
         self.aug_generator = torch.Generator().manual_seed(cfg.seed * 7919 + self.dist.rank)
         self.step, self.nonfinite_total = 0, 0
+        self._norm_buffers = _norm_running_stats(self.recipe.nets.values())
         if resumed_state is not None:
             self._restore(weights, resumed_state)
         self.total_steps = self._total_steps()
@@ -166,10 +167,13 @@ class Trainer:
                 raise ValueError(f"recipe {rc.name!r} has no built-in dataset: give --data PATH")
             cfg.data = rc.default_data
         cfg.res = cfg.res or rc.default_resolution
-        cfg.batch = cfg.batch or rc.default_batch
+        options = recipe_options(rc, cfg.recipe_options)
+        cfg.batch = cfg.batch or rc.recommended_batch(options, cfg.res, self.dist.world_size)
         if cfg.batch % self.dist.world_size:
             raise ValueError(f"--batch {cfg.batch} must be divisible by the number of processes "
                              f"({self.dist.world_size})")
+        if cfg.metrics and rc.sample is Recipe.sample:
+            raise ValueError(f"--metrics needs a recipe that generates images from noise; {rc.name!r} does not")
         if cfg.metrics and self.dist.world_size > 1:
             raise ValueError("--metrics is evaluated in single-process runs only")
 
@@ -192,7 +196,7 @@ class Trainer:
             return cfg.steps
         if cfg.kimg is not None:
             return math.ceil(cfg.kimg * 1000 / cfg.batch)
-        return getattr(self.recipe_cls, "default_steps", 1000)
+        return self.recipe_cls.default_steps
 
     def _restore(self, weights, state):
         ckpt.load_weights(weights, self.recipe.nets)
@@ -300,9 +304,11 @@ class Trainer:
                 while self.step < self.total_steps:
                     batch = self._prepare(next(loader))
                     recipe.nonfinite.clear()
+                    norm_stats = [b.clone() for b in self._norm_buffers]
                     losses = recipe.train_step(batch, self.step)
                     self.step += 1
                     if recipe.nonfinite:
+                        _restore_nonfinite(self._norm_buffers, norm_stats)
                         consecutive += 1
                         self.nonfinite_total += 1
                         stats.warn(f"step {self.step}: non-finite loss in {', '.join(recipe.nonfinite)} "
@@ -342,6 +348,20 @@ class Trainer:
         if is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
+
+
+def _norm_running_stats(nets):
+    """The running mean/var buffers of every normalization layer: a skipped (non-finite) step must not leave
+    NaNs in them, since the eval-mode grids and samples read them."""
+    from torch.nn.modules.batchnorm import _NormBase
+    return [b for net in nets for m in net.modules() if isinstance(m, _NormBase)
+            for b in (m.running_mean, m.running_var) if b is not None]
+
+
+def _restore_nonfinite(buffers, saved):
+    for buf, old in zip(buffers, saved):
+        if not torch.isfinite(buf).all():
+            buf.copy_(old)
 
 
 def _close(loader):

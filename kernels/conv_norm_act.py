@@ -232,6 +232,8 @@ class Conv2dNormAct(nn.Module):
     `norm.running_mean`, ...), checkpoints move both ways, and `.train()/.eval()` work as usual.
     `bias` defaults to True without a norm and False with one (a bias before a norm is redundant).
     Norm options follow torch's defaults: BatchNorm affine + running stats, InstanceNorm neither.
+    Under torch.autocast the conv runs in the autocast dtype (x, conv weight and bias cast at use);
+    the norm's parameters and running statistics stay in their own dtype (fp32) and are updated there.
     """
 
     def __init__(self, in_ch, out_ch, kernel_size, stride=1, padding=0, dilation=1, bias=None, norm=None,
@@ -312,11 +314,15 @@ class Conv2dNormAct(nn.Module):
         padding, padding_mode = _padding_of(conv), conv.padding_mode
         if self.reflect_pad is not None:
             padding, padding_mode = self.reflect_pad, "reflect"
-        kwargs = dict(bias=conv.bias, stride=conv.stride, padding=padding, dilation=conv.dilation,
+        x, weight, bias = _cast_for_autocast(x, conv.weight, conv.bias)
+        kwargs = dict(bias=bias, stride=conv.stride, padding=padding, dilation=conv.dilation,
                       transposed=transposed, output_padding=conv.output_padding if transposed else 0,
                       act=self.act, alpha=self.alpha, padding_mode=padding_mode, impl=self.impl)
+        # The norm's affine parameters and running statistics stay as they are (fp32 under autocast):
+        # both paths normalize in fp32 with them (F.batch_norm accepts them beside a bf16/fp16 input,
+        # as cudnn's mixed-precision batch norm does) and update the running buffers in place.
         if norm is None:
-            return conv2d_norm_act(x, conv.weight, **kwargs)
+            return conv2d_norm_act(x, weight, **kwargs)
         if isinstance(norm, nn.BatchNorm2d):
             # Exactly nn.BatchNorm2d.forward's bookkeeping (momentum=None: cumulative average).
             factor = 0.0 if norm.momentum is None else norm.momentum
@@ -326,18 +332,33 @@ class Conv2dNormAct(nn.Module):
             use_batch_stats = norm.training or (norm.running_mean is None and norm.running_var is None)
             track = not norm.training or norm.track_running_stats
             return conv2d_norm_act(
-                x, conv.weight, norm="batch", norm_weight=norm.weight, norm_bias=norm.bias,
+                x, weight, norm="batch", norm_weight=norm.weight, norm_bias=norm.bias,
                 running_mean=norm.running_mean if track else None, running_var=norm.running_var if track else None,
                 training=use_batch_stats, momentum=factor, eps=norm.eps, **kwargs)
         use_batch_stats = norm.training or not norm.track_running_stats
         return conv2d_norm_act(
-            x, conv.weight, norm="instance", norm_weight=norm.weight, norm_bias=norm.bias,
+            x, weight, norm="instance", norm_weight=norm.weight, norm_bias=norm.bias,
             running_mean=norm.running_mean, running_var=norm.running_var, training=use_batch_stats,
             momentum=norm.momentum if norm.momentum is not None else 0.0, eps=norm.eps, **kwargs)
 
     def extra_repr(self):
         text = f"act={self.act!r}" + (f", alpha={self.alpha}" if self.alpha is not None else "")
         return text + (f", reflect_pad={self.reflect_pad}" if self.reflect_pad is not None else "")
+
+
+def _cast_for_autocast(x, weight, bias):
+    """Under torch.autocast, (x, weight, bias) in the autocast dtype; otherwise unchanged.
+
+    The fused op is a custom op that autocast does not see (and it wants weight and bias in x's
+    dtype), so the module casts at use, as NVIDIA's layers do: the parameters stay fp32 and their
+    gradients arrive in fp32 through the casts. Like autocast itself, float64 inputs are left alone.
+    """
+    kind = x.device.type
+    if not (x.is_floating_point() and x.dtype != torch.float64 and torch.amp.is_autocast_available(kind)
+            and torch.is_autocast_enabled(kind)):  # (asking about a device without autocast, e.g. meta, raises)
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype(kind)
+    return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
 
 
 def _padding_of(conv):

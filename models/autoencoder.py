@@ -12,7 +12,8 @@ All conv models share one layout at 32x32 and 64x64 (`base` channels, one stage 
 
 Each conv + norm + activation is one fused `Conv2dNormAct` (state_dict keys `<layer>.conv.weight`,
 `<layer>.norm.running_mean`, ...); `impl` selects the Triton or the reference path for all of them and
-for the VAE loss. Inputs are images in [0, 1] (the BCE targets).
+for the VAE loss. `norm='none'` drops the BatchNorms (a model whose output for a sample does not depend on
+the rest of its batch). Inputs are images in [0, 1] (the BCE targets).
 
 `PCAAutoencoder` has the same encode/decode interface, fit in closed form with `torch.pca_lowrank`,
 so the linear manifold can be compared with the learned ones (note it reconstructs pixels, not logits).
@@ -37,17 +38,26 @@ def _stages(resolution):
     return int(math.log2(resolution // CORE))  # stride-2 stages between the image and the 4x4 core
 
 
-def _conv_encoder(in_ch, base, n, impl):
+NORMS = ("batch", "none")
+
+
+def _conv_encoder(in_ch, base, n, impl, norm="batch"):
     channels = [base * 2**i for i in range(n)]  # 32x32: base, 2base, 4base
     layers = [Conv2dNormAct(in_ch, channels[0], 4, 2, 1, act="lrelu", alpha=0.2, impl=impl)]
     for cin, cout in zip(channels[:-1], channels[1:]):
-        layers.append(Conv2dNormAct(cin, cout, 4, 2, 1, norm="batch", act="lrelu", alpha=0.2, impl=impl))
+        layers.append(Conv2dNormAct(cin, cout, 4, 2, 1, norm=_norm(norm), act="lrelu", alpha=0.2, impl=impl))
     return nn.Sequential(*layers), channels[-1]
 
 
-def _conv_decoder(out_ch, base, n, impl):
+def _norm(norm):
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    return None if norm == "none" else norm
+
+
+def _conv_decoder(out_ch, base, n, impl, norm="batch"):
     channels = [base * 2 ** (n - 1 - i) for i in range(n)]  # 32x32: 4base, 2base, base
-    layers = [Conv2dNormAct(cin, cout, 4, 2, 1, transposed=True, norm="batch", act="relu", impl=impl)
+    layers = [Conv2dNormAct(cin, cout, 4, 2, 1, transposed=True, norm=_norm(norm), act="relu", impl=impl)
               for cin, cout in zip(channels[:-1], channels[1:])]
     layers.append(Conv2dNormAct(channels[-1], out_ch, 4, 2, 1, transposed=True, bias=True, act="linear", impl=impl))
     return nn.Sequential(*layers)
@@ -56,15 +66,15 @@ def _conv_decoder(out_ch, base, n, impl):
 class _ConvCodec(nn.Module):
     """Shared encoder trunk and decoder of the conv models (see the module docstring)."""
 
-    def __init__(self, in_ch, resolution, latent_dim, base, impl):
+    def __init__(self, in_ch, resolution, latent_dim, base, impl, norm="batch"):
         super().__init__()
         if latent_dim < 1 or base < 1 or in_ch < 1:
             raise ValueError(f"in_ch, latent_dim and base must be >= 1, got {in_ch}, {latent_dim}, {base}")
         n = _stages(resolution)
         self.in_ch, self.resolution, self.latent_dim, self.base, self.impl = in_ch, resolution, latent_dim, base, impl
-        self.encoder, self.core_ch = _conv_encoder(in_ch, base, n, impl)
+        self.encoder, self.core_ch = _conv_encoder(in_ch, base, n, impl, norm)
         self.fc_dec = nn.Linear(latent_dim, self.core_ch * CORE * CORE)
-        self.decoder = _conv_decoder(in_ch, base, n, impl)
+        self.decoder = _conv_decoder(in_ch, base, n, impl, norm)
 
     def features(self, x):
         """[N, in_ch, R, R] -> [N, core_ch * 16], the flattened 4x4 map (NCHW order for any input layout)."""
@@ -88,8 +98,8 @@ class ConvAutoencoder(_ConvCodec):
     with BCE-with-logits against x in [0, 1].
     """
 
-    def __init__(self, in_ch=1, resolution=32, latent_dim=32, base=32, impl=None):
-        super().__init__(in_ch, resolution, latent_dim, base, impl)
+    def __init__(self, in_ch=1, resolution=32, latent_dim=32, base=32, impl=None, norm="batch"):
+        super().__init__(in_ch, resolution, latent_dim, base, impl, norm)
         self.fc_enc = nn.Linear(self.core_ch * CORE * CORE, latent_dim)
 
     def encode(self, x):
@@ -120,8 +130,8 @@ class DenoisingAutoencoder(ConvAutoencoder):
     """
 
     def __init__(self, in_ch=1, resolution=32, latent_dim=32, base=32, noise="masking", noise_level=0.25,
-                 impl=None):
-        super().__init__(in_ch, resolution, latent_dim, base, impl)
+                 impl=None, norm="batch"):
+        super().__init__(in_ch, resolution, latent_dim, base, impl, norm)
         if noise not in NOISES:
             raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
         if not (noise_level >= 0 and (noise == "gaussian" or noise_level <= 1)):
@@ -147,6 +157,16 @@ class DenoisingAutoencoder(ConvAutoencoder):
         return total / x.shape[0] if reduction == "mean" else total
 
 
+def _promote(*tensors):
+    """The tensors in their widest dtype. Under torch.autocast the decoder's bf16/fp16 outputs meet fp32
+    data; the fused vae_loss wants one dtype, and the loss is then computed in fp32 (as autocast does
+    for its own BCE)."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return [t.to(dtype) for t in tensors]
+
+
 def reparameterize(mu, logvar, sample=True):
     """z = mu + eps * exp(0.5 * logvar), eps ~ N(0, 1) (Kingma & Welling 2014, section 2.4); mu if not sample."""
     if not sample:
@@ -166,8 +186,8 @@ class ConvVAE(_ConvCodec):
     training and is the posterior mean mu in eval, unless `sample` says otherwise.
     """
 
-    def __init__(self, in_ch=1, resolution=32, latent_dim=32, base=32, impl=None):
-        super().__init__(in_ch, resolution, latent_dim, base, impl)
+    def __init__(self, in_ch=1, resolution=32, latent_dim=32, base=32, impl=None, norm="batch"):
+        super().__init__(in_ch, resolution, latent_dim, base, impl, norm)
         self.fc_mu = nn.Linear(self.core_ch * CORE * CORE, latent_dim)
         self.fc_logvar = nn.Linear(self.core_ch * CORE * CORE, latent_dim)
 
@@ -183,6 +203,7 @@ class ConvVAE(_ConvCodec):
     def loss(self, x, beta=1.0, reduction="mean", sample=None):
         """Negative ELBO: BCE-with-logits summed over pixels + beta * KL; 'mean' divides by the batch size."""
         logits, mu, logvar = self(x, sample)
+        logits, x, mu, logvar = _promote(logits, x, mu, logvar)
         return vae_loss(logits, x, mu, logvar, "bce_logits", beta, reduction, impl=self.impl)
 
     @torch.no_grad()
@@ -226,7 +247,8 @@ class MLPVAE(nn.Module):
 
     def loss(self, x, beta=1.0, reduction="mean", sample=None):
         logits, mu, logvar = self(x, sample)
-        return vae_loss(logits, x.reshape(logits.shape), mu, logvar, "bce_logits", beta, reduction, impl=self.impl)
+        logits, x, mu, logvar = _promote(logits, x.reshape(logits.shape), mu, logvar)
+        return vae_loss(logits, x, mu, logvar, "bce_logits", beta, reduction, impl=self.impl)
 
     @torch.no_grad()
     def sample(self, n, generator=None):
@@ -249,15 +271,21 @@ class PCAAutoencoder(nn.Module):
     of the centered data.
     """
 
+    # Everything a fit produces is a buffer, so state_dict() carries a fitted PCA (safetensors too: all
+    # tensors), and load_state_dict() restores it into a fresh, unfitted module.
+    _FITTED = ("mean", "components", "singular_values", "num_fitted", "fitted_sample_shape")
+
     def __init__(self, latent_dim, oversample=10, niter=4):
         super().__init__()
         if latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
         self.latent_dim, self.oversample, self.niter = latent_dim, oversample, niter
-        self.sample_shape = None
+        self.sample_shape = None  # x.shape[1:] of the fitted data (a Python copy of fitted_sample_shape)
         self.register_buffer("mean", None)
         self.register_buffer("components", None)  # [D, latent_dim], orthonormal columns
         self.register_buffer("singular_values", None)  # [latent_dim]
+        self.register_buffer("num_fitted", None)  # 0-d int64: N of the fitted data
+        self.register_buffer("fitted_sample_shape", None)  # int64 [ndim - 1]
 
     @torch.no_grad()
     def fit(self, x):
@@ -268,14 +296,31 @@ class PCAAutoencoder(nn.Module):
         q = min(self.latent_dim + self.oversample, n, d)
         mean = data.mean(0)
         _, s, v = torch.pca_lowrank(data - mean, q=q, center=False, niter=self.niter)
-        self.sample_shape, self._n_fit = tuple(x.shape[1:]), n
-        self.mean, self.components, self.singular_values = mean, v[:, :self.latent_dim], s[:self.latent_dim]
+        self.sample_shape = tuple(x.shape[1:])
+        # own compact copies, not views of pca_lowrank's larger outputs (safetensors wants contiguous tensors)
+        self.mean, self.components = mean, v[:, :self.latent_dim].contiguous()
+        self.singular_values = s[:self.latent_dim].clone()
+        self.num_fitted = torch.tensor(n, dtype=torch.int64, device=x.device)
+        self.fitted_sample_shape = torch.tensor(self.sample_shape, dtype=torch.int64, device=x.device)
         return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # An unfitted module's buffers are None, which load_state_dict would skip (and call the saved
+        # tensors unexpected), and a module fitted on other data has other shapes: give each fitted
+        # buffer the saved tensor's shape first, then let nn.Module load (and check) as usual.
+        for name in self._FITTED:
+            saved, current = state_dict.get(prefix + name), self._buffers[name]
+            if isinstance(saved, torch.Tensor) and (current is None or current.shape != saved.shape):
+                like = saved if current is None else current
+                self._buffers[name] = torch.empty(saved.shape, dtype=like.dtype, device=like.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.fitted_sample_shape is not None:
+            self.sample_shape = tuple(int(v) for v in self.fitted_sample_shape.tolist())
 
     def explained_variance(self):
         """Variance along each kept component (unbiased, as sklearn's PCA)."""
         self._check_fitted()
-        return self.singular_values.square() / (self._n_fit - 1)
+        return self.singular_values.square() / (self.num_fitted - 1)
 
     def _check_fitted(self):
         if self.components is None:

@@ -13,6 +13,12 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+# Under pytest-xdist each worker would start one compute thread per core: with 2 workers on 2 cores that is 4
+# spinning OpenMP threads on 2 cores, which slows CPU convolutions down several times. Share the cores instead.
+_XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _XDIST_WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _XDIST_WORKERS))
+
 HAS_CUDA = torch.cuda.is_available()
 
 

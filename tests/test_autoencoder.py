@@ -495,3 +495,13 @@ def test_torch_compile_forward_on_gpu(cls):
     for a, b in zip(eager if isinstance(eager, tuple) else (eager,),
                     compiled if isinstance(compiled, tuple) else (compiled,)):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3)
+
+
+def test_norm_none_has_no_batchnorm_and_is_batch_independent():
+    from fusegan.models.autoencoder import ConvAutoencoder
+    model = ConvAutoencoder(1, 32, latent_dim=4, base=4, impl="ref", norm="none")
+    assert not [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    x = torch.rand(4, 1, 32, 32)
+    torch.testing.assert_close(model(x)[:1], model(x[:1]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="norm must be one of"):
+        ConvAutoencoder(1, 32, norm="layer")

@@ -74,3 +74,50 @@ def test_matches_plain_nn_reference(impl, resolution, training):
                               [m for m in G_ref if isinstance(m, nn.BatchNorm2d)]):
             torch.testing.assert_close(layer.running_mean, ref.running_mean, rtol=1e-4, atol=1e-6)
             torch.testing.assert_close(layer.running_var, ref.running_var, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_bf16_autocast_matches_plain_nn_under_autocast(training):
+    """Under torch.autocast the fused layers cast x, conv weight and bias to bf16 exactly as autocast casts
+    nn.ConvTranspose2d / nn.Conv2d, and keep BatchNorm's parameters and running statistics in fp32."""
+    G = Generator(nz=6, ngf=2, nc=3, resolution=32, impl="ref")
+    D = Discriminator(ndf=2, nc=3, resolution=32, impl="ref")
+    G.apply(weights_init), D.apply(weights_init)
+    G_ref, D_ref = reference_generator(6, 2, 3, 32), reference_discriminator(2, 3, 32)
+    _copy_into_reference(G, G_ref), _copy_into_reference(D, D_ref)
+    for m in (G, D, G_ref, D_ref):
+        m.train(training)
+    z = torch.randn(4, 6, 1, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        img, img_ref = G(z), G_ref(z)
+        logits, logits_ref = D(img_ref.detach()), D_ref(img_ref.detach()).flatten()
+    assert img.dtype == logits.dtype == torch.bfloat16
+    torch.testing.assert_close(img, img_ref, rtol=0, atol=0)  # the same bf16 ops in the same order
+    torch.testing.assert_close(logits, logits_ref, rtol=0, atol=0)
+    (img.float().square().mean() + logits.float().sum()).backward()
+    (img_ref.float().square().mean() + logits_ref.float().sum()).backward()
+    for fused, ref in ((G, G_ref), (D, D_ref)):
+        convs = [m for m in ref if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        norms = [m for m in ref if isinstance(m, nn.BatchNorm2d)]
+        for layer, conv in zip(fused.main, convs, strict=True):
+            assert layer.conv.weight.grad.dtype == torch.float32
+            torch.testing.assert_close(layer.conv.weight.grad, conv.weight.grad, rtol=0, atol=0)
+        for layer, norm in zip([m for m in fused.main if m.norm is not None], norms, strict=True):
+            torch.testing.assert_close(layer.norm.weight.grad, norm.weight.grad, rtol=0, atol=0)
+            assert layer.norm.running_mean.dtype == torch.float32
+            torch.testing.assert_close(layer.norm.running_mean, norm.running_mean, rtol=0, atol=0)
+            torch.testing.assert_close(layer.norm.running_var, norm.running_var, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("training", [True, False])
+def test_torch_compile_matches_eager_on_gpu(training):
+    G = Generator(nz=32, ngf=16, nc=3, resolution=64).cuda().train(training)
+    D = Discriminator(ndf=16, nc=3, resolution=64).cuda().train(training)
+    G.apply(weights_init), D.apply(weights_init)
+    z = torch.randn(8, 32, device="cuda")
+    eager_img = G(z)
+    img = torch.compile(G, fullgraph=True, backend="inductor")(z)
+    torch.testing.assert_close(img, eager_img, rtol=1e-3, atol=1e-4)
+    logits = torch.compile(D, fullgraph=True, backend="inductor")(eager_img.detach())
+    torch.testing.assert_close(logits, D(eager_img.detach()), rtol=1e-3, atol=1e-4)

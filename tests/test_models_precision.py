@@ -5,15 +5,17 @@ ops that autocast does not see, so the modules cast at use (Conv2dNormAct: x, co
 the autocast dtype; norm parameters and running statistics stay fp32). StyleGAN2's networks keep
 NVIDIA's precision plan instead: an enclosing autocast changes nothing there.
 
-Tolerances: the error of a bf16 network against the same network in fp32 is measured as
-max|bf16 - fp32| / max|fp32| over an output, and bounded per model in units of bf16's machine
-epsilon (torch.finfo(torch.bfloat16).eps = 2**-7), at about twice the worst error seen over six seeds
-in train and eval mode: every conv/linear rounds its inputs and weights to bf16 (relative error up to
-eps/2 each), and the errors grow with depth and through the normalizations. Gradients (taken outside autocast, as the engine does)
-must reach every parameter in fp32 and point the way the fp32 gradient does (cosine >= 0.9 over all
-parameters; the worst seen was 0.96: batch-norm backward at batch size 2 amplifies bf16 rounding).
-The exact semantics (each model under autocast equals its plain-nn twin under autocast) are checked
-in the models' own test files.
+Tolerances: the error of a bf16 network against the same network in fp32 is measured as max|bf16 - fp32|
+/ max|fp32| over an output, and bounded per model in units of bf16's machine epsilon
+(torch.finfo(torch.bfloat16).eps = 2**-7), at about twice the worst error seen over six seeds in train
+and eval mode: every conv/linear rounds its inputs and weights to bf16 (relative error up to eps/2
+each), and the errors grow with depth and through the normalizations. Gradients (taken outside autocast,
+as the engine does) must reach every parameter in fp32 and point the way the fp32 gradient does (cosine
+>= 0.9 over all parameters; the worst seen was 0.96: batch-norm backward at batch size 2 amplifies bf16
+rounding).
+
+The exact semantics (each model under autocast equals its plain-nn twin under autocast) are checked in
+the models' own test files.
 """
 import copy
 
@@ -187,7 +189,8 @@ def test_stylegan2_networks_keep_their_own_precision_under_autocast(num_fp16_res
 
 STYLEGAN2_LAYERS = [
     ("fc-linear", lambda: FullyConnectedLayer(8, 6), lambda: (torch.randn(3, 8),)),
-    ("fc-lrelu", lambda: FullyConnectedLayer(8, 6, activation="lrelu", lr_multiplier=0.01), lambda: (torch.randn(3, 8),)),
+    ("fc-lrelu", lambda: FullyConnectedLayer(8, 6, activation="lrelu", lr_multiplier=0.01),
+     lambda: (torch.randn(3, 8),)),
     ("conv-down", lambda: Conv2dLayer(3, 4, 3, activation="lrelu", down=2), lambda: (torch.randn(2, 3, 8, 8),)),
     ("modconv-up", lambda: SynthesisLayer(3, 4, w_dim=8, resolution=8, up=2),
      lambda: (torch.randn(2, 3, 4, 4), torch.randn(2, 8))),
@@ -221,29 +224,31 @@ CNA_CASES = [
 ]
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("kwargs,training", [c[1:] for c in CNA_CASES], ids=[c[0] for c in CNA_CASES])
-def test_conv2d_norm_act_triton_under_autocast_matches_ref(device, kwargs, training):
+def test_conv2d_norm_act_triton_under_autocast_matches_ref(device, kwargs, training, dtype):
+    eps = torch.finfo(dtype).eps
     ref = randomize_norms(Conv2dNormAct(3, 4, 3, padding=1, impl="ref", **kwargs)).to(device).train(training)
     fused = copy.deepcopy(ref)
     fused.impl = "triton"
     x = torch.randn(2, 3, 6, 6, device=device)
-    with bf16_autocast(device):
+    with torch.autocast(device.type, dtype=dtype):
         out_ref, out = ref(x), fused(x)
-    assert out.dtype == out_ref.dtype == torch.bfloat16
-    # Both round the conv's inputs to bf16, accumulate in fp32 (in other orders) and round the conv
-    # output to bf16; the Triton path takes the batch statistics from its fp32 accumulators, the
-    # reference from the rounded output. Outputs are O(1) after the norm: up to 2 bf16 ulps apart.
-    torch.testing.assert_close(out.float(), out_ref.float(), rtol=2 * BF16_EPS, atol=BF16_EPS)
+    assert out.dtype == out_ref.dtype == dtype
+    # Both round the conv's inputs to `dtype`, accumulate in fp32 (in other orders) and round the conv
+    # output; the Triton path takes the batch statistics from its fp32 accumulators, the reference
+    # from the rounded output. Outputs are O(1) after the norm: up to 2 ulps apart.
+    torch.testing.assert_close(out.float(), out_ref.float(), rtol=2 * eps, atol=eps)
     for (name, b_ref), b in zip(ref.named_buffers(), fused.buffers()):  # running stats: fp32, moved alike
         assert b.dtype == b_ref.dtype, name
         # the batch statistics differ by about one rounding of O(1) values, and enter with momentum 0.1
-        torch.testing.assert_close(b, b_ref, rtol=BF16_EPS, atol=0.1 * BF16_EPS, msg=name)
+        torch.testing.assert_close(b, b_ref, rtol=eps, atol=0.1 * eps, msg=name)
     w = torch.randn(out.shape, device=device)
     (out_ref.float() * w).sum().backward()
     (out.float() * w).sum().backward()
     for (name, p_ref), p in zip(ref.named_parameters(), fused.parameters()):
         assert p.grad.dtype == torch.float32, name
-        assert rel_err(p.grad, p_ref.grad) <= 4 * BF16_EPS, name
+        assert rel_err(p.grad, p_ref.grad) <= 4 * eps, name
 
 
 # ----------------------------------------------------------------------------------------------

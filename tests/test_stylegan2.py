@@ -298,8 +298,8 @@ def _without_clamp(layer):
 
 
 CLAMPED_LAYERS = [
-    ("conv2d-layer", lambda: Conv2dLayer(4, 6, 3, activation="lrelu", conv_clamp=0.5), lambda: (torch.randn(2, 4, 8, 8),),
-     dict(gain=math.sqrt(0.5))),
+    ("conv2d-layer", lambda: Conv2dLayer(4, 6, 3, activation="lrelu", conv_clamp=0.5),
+     lambda: (torch.randn(2, 4, 8, 8),), dict(gain=math.sqrt(0.5))),
     ("synthesis-layer-up", lambda: SynthesisLayer(4, 6, w_dim=8, resolution=8, up=2, conv_clamp=0.5),
      lambda: (torch.randn(2, 4, 4, 4), torch.randn(2, 8)), dict(noise_mode="const", gain=math.sqrt(0.5))),
     ("torgb", lambda: ToRGBLayer(6, 3, w_dim=8, conv_clamp=0.05), lambda: (torch.randn(2, 6, 4, 4), torch.randn(2, 8)),

@@ -18,7 +18,8 @@ import contextlib
 import torch
 
 from fusegan.kernels.vae_loss import vae_loss
-from fusegan.models.autoencoder import NOISES, RESOLUTIONS, ConvAutoencoder, ConvVAE, DenoisingAutoencoder, MLPVAE
+from fusegan.models.autoencoder import (MLPVAE, NOISES, NORMS, RESOLUTIONS, ConvAutoencoder, ConvVAE,
+                                        DenoisingAutoencoder)
 
 from .base import Recipe
 from .latent import interpolate_latents, latents_for_seeds
@@ -57,6 +58,8 @@ class _AutoencoderRecipe(Recipe):
                            help="size of the code (default: 32; 20 for the VAE's --arch mlp)")
         group.add_argument("--base", type=int, default=32, help="width of the conv encoder/decoder (default: 32)")
         group.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+        group.add_argument("--norm", choices=NORMS, default="batch",
+                           help="normalization in the conv encoder/decoder (default: batch)")
         cls.add_model_arguments(group)
 
     @classmethod
@@ -141,7 +144,7 @@ class AERecipe(_AutoencoderRecipe):
     def build_model(self):
         self.check_conv_resolution()
         return ConvAutoencoder(self.data.channels, self.data.resolution, self.latent_dim, self.options.base,
-                               impl=self.ctx.impl)
+                               impl=self.ctx.impl, norm=self.options.norm)
 
     def forward_train(self, x01):
         logits = self.model_fwd(x01)
@@ -167,7 +170,7 @@ class DAERecipe(AERecipe):
         self.check_conv_resolution()
         return DenoisingAutoencoder(self.data.channels, self.data.resolution, self.latent_dim, self.options.base,
                                     noise=self.options.noise, noise_level=self.options.noise_level,
-                                    impl=self.ctx.impl)
+                                    impl=self.ctx.impl, norm=self.options.norm)
 
     def grid_inputs(self, x01):
         # a fixed noise draw (never the training RNG), so successive grids are comparable
@@ -205,7 +208,8 @@ class VAERecipe(_AutoencoderRecipe):
                                  f"(--res 28), got {d.channels}x{d.resolution}x{d.resolution}")
             return MLPVAE(MLP_INPUT, self.options.hidden, self.latent_dim, impl=self.ctx.impl)
         self.check_conv_resolution()
-        return ConvVAE(d.channels, d.resolution, self.latent_dim, self.options.base, impl=self.ctx.impl)
+        return ConvVAE(d.channels, d.resolution, self.latent_dim, self.options.base, impl=self.ctx.impl,
+                       norm=self.options.norm)
 
     def as_images(self, logits):
         """Decoder logits (flat for the MLP) -> [N, C, R, R] images in [-1, 1]."""

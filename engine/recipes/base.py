@@ -62,6 +62,7 @@ class Recipe:
     default_batch: ClassVar[int] = 64
     default_resolution: ClassVar[int] = 32
     default_data: ClassVar[str] = "digits"
+    default_steps: ClassVar[int] = 1000     # length of a run when neither --steps nor --kimg is given
     loss_names: ClassVar[tuple] = ()        # the losses shown in the progress bar, in this order
 
     def __init__(self, ctx: TrainContext, options: argparse.Namespace, data: DataInfo):
@@ -77,6 +78,11 @@ class Recipe:
         self.reference_batch = batch
 
     # ---- what subclasses provide -------------------------------------------------------------------------
+    @classmethod
+    def recommended_batch(cls, options: argparse.Namespace, resolution: int, world_size: int) -> int:
+        """The global batch used when --batch is not given."""
+        return cls.default_batch
+
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """Adds this recipe's own command-line options (shown by `fusegan train --recipe NAME --help`)."""

@@ -13,7 +13,7 @@ from fusegan.kernels.minibatch_std import minibatch_std
 from fusegan.kernels.upfirdn2d import downsample2d, setup_filter
 
 from .generator import MappingNetwork
-from .layers import Conv2dLayer, FullyConnectedLayer, low_precision_blocks, set_impl
+from .layers import Conv2dLayer, FullyConnectedLayer, low_precision_blocks, own_precision, set_impl
 
 
 class DiscriminatorBlock(nn.Module):
@@ -51,6 +51,10 @@ class DiscriminatorBlock(nn.Module):
         self.impl = None
 
     def forward(self, x, img, force_fp32=False):
+        with own_precision((x if x is not None else img).device):  # fp32, or mp_dtype in a low-precision block
+            return self._forward(x, img, force_fp32)
+
+    def _forward(self, x, img, force_fp32):
         dtype = self.mp_dtype if self.use_fp16 and not force_fp32 else torch.float32
         fmt = torch.channels_last if self.channels_last and not force_fp32 else torch.contiguous_format
         if x is not None:
@@ -99,6 +103,10 @@ class DiscriminatorEpilogue(nn.Module):
         self.out = FullyConnectedLayer(in_channels, 1 if cmap_dim == 0 else cmap_dim)
 
     def forward(self, x, img, cmap, force_fp32=False):
+        with own_precision(x.device):  # the head always runs in fp32
+            return self._forward(x, img, cmap)
+
+    def _forward(self, x, img, cmap):
         x = x.to(dtype=torch.float32, memory_format=torch.contiguous_format)  # the head always runs in fp32
         if self.architecture == "skip":
             x = x + self.fromrgb(img.to(dtype=torch.float32, memory_format=torch.contiguous_format))
@@ -114,7 +122,8 @@ class Discriminator(nn.Module):
     """StyleGAN2 discriminator (NVIDIA StyleGAN2-ADA `training/networks.py:Discriminator`) on fusegan ops.
 
     `mbstd_group_size` and `mbstd_num_channels` may be given directly (they go to the epilogue), as
-    may NVIDIA's `block_kwargs`, `mapping_kwargs` and `epilogue_kwargs`.
+    may NVIDIA's `block_kwargs`, `mapping_kwargs` and `epilogue_kwargs`. Precision follows `num_fp16_res` and
+    `mp_dtype` only: under an enclosing torch.autocast the fp32 blocks and the epilogue stay fp32.
     """
 
     def __init__(self, c_dim, img_resolution, img_channels, architecture="resnet", channel_base=32768,

@@ -16,7 +16,7 @@ from fusegan.kernels.modulated_conv2d import modulated_conv2d
 from fusegan.kernels.normalize import normalize_2nd_moment
 from fusegan.kernels.upfirdn2d import setup_filter, upsample2d
 
-from .layers import Conv2dLayer, FullyConnectedLayer, low_precision_blocks, set_impl
+from .layers import Conv2dLayer, FullyConnectedLayer, layer_dtype, low_precision_blocks, own_precision, set_impl
 
 NOISE_MODES = ("random", "const", "none")
 
@@ -43,6 +43,10 @@ class MappingNetwork(nn.Module):
         self.impl = None
 
     def forward(self, z, c, truncation_psi=1, truncation_cutoff=None, skip_w_avg_update=False):
+        with own_precision((z if z is not None else c).device):  # the mapping network runs in fp32
+            return self._forward(z, c, truncation_psi, truncation_cutoff, skip_w_avg_update)
+
+    def _forward(self, z, c, truncation_psi, truncation_cutoff, skip_w_avg_update):
         x = None
         if self.z_dim > 0:
             _check_latent(z, self.z_dim, "z")
@@ -92,6 +96,7 @@ class SynthesisLayer(nn.Module):
     def forward(self, x, w, noise_mode="random", fused_modconv=True, gain=1):
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        x = x.to(layer_dtype(x))
         styles = self.affine(w)
         noise = None
         if self.use_noise and noise_mode == "random":
@@ -120,6 +125,7 @@ class ToRGBLayer(nn.Module):
         self.impl = None
 
     def forward(self, x, w, fused_modconv=True):
+        x = x.to(layer_dtype(x))
         styles = self.affine(w) * self.weight_gain
         return modulated_conv2d(x, self.weight, styles, demodulate=False, fused_modconv=fused_modconv,
                                 bias=self.bias.to(x.dtype), clamp=self.conv_clamp, impl=self.impl)
@@ -160,13 +166,18 @@ class SynthesisBlock(nn.Module):
         self.impl = None
 
     def forward(self, x, img, ws, force_fp32=False, fused_modconv=None, **layer_kwargs):
+        with own_precision(ws.device):  # fp32, or mp_dtype in a low-precision block, whatever encloses it
+            return self._forward(x, img, ws, force_fp32, fused_modconv, **layer_kwargs)
+
+    def _forward(self, x, img, ws, force_fp32, fused_modconv, **layer_kwargs):
         w_iter = iter(ws.unbind(dim=1))
         dtype = self.mp_dtype if self.use_fp16 and not force_fp32 else torch.float32
         fmt = torch.channels_last if self.channels_last and not force_fp32 else torch.contiguous_format
         if fused_modconv is None:  # NVIDIA's execution hint; fusegan's result does not depend on it
             fused_modconv = not self.training
         if self.in_channels == 0:
-            x = self.const.to(dtype=dtype, memory_format=fmt).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+            # the memory format after the batch dimension exists ('all' can make the 4x4 block channels_last)
+            x = self.const.to(dtype).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1]).contiguous(memory_format=fmt)
             x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
         else:
             x = x.to(dtype=dtype, memory_format=fmt)
@@ -228,7 +239,8 @@ class Generator(nn.Module):
     `impl` (None, 'ref' or 'triton') selects the op implementation for every layer; see `set_impl`.
     `synthesis_kwargs` take NVIDIA's names (channel_base, channel_max, num_fp16_res, conv_clamp,
     architecture, ...) plus `mp_dtype` (torch.float16 as NVIDIA, or torch.bfloat16), and
-    `num_fp16_res='all'` runs every block in `mp_dtype`.
+    `num_fp16_res='all'` runs every block in `mp_dtype`. That plan is the only one: under an enclosing
+    torch.autocast the mapping network and the fp32 blocks stay fp32 (autocast is off inside).
     """
 
     def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, mapping_kwargs=None, synthesis_kwargs=None,

@@ -3,7 +3,14 @@
 Equalized learning rate as in StyleGAN2-ADA: parameters are stored at unit scale and multiplied by
 `weight_gain = lr_multiplier / sqrt(fan_in)` at run time. Every layer carries an `impl` attribute
 (None, 'ref' or 'triton') handed to the fusegan ops; `set_impl` sets it for a whole network.
+
+Precision: a layer computes in its input's dtype, casting its fp32 parameters at use (NVIDIA's way);
+used on its own under torch.autocast it computes in the autocast dtype instead (the fused ops are
+custom ops that autocast does not see). The networks' blocks, mapping network and D epilogue turn
+autocast off (`own_precision`) and follow NVIDIA's plan: fp32, or `mp_dtype` in the top
+`num_fp16_res` resolutions.
 """
+import contextlib
 import math
 
 import torch
@@ -22,6 +29,25 @@ def set_impl(module: nn.Module, impl) -> nn.Module:
     return module
 
 
+def layer_dtype(x):
+    """The dtype a layer computes in: torch.autocast's dtype when autocast is on for x's device (and x is
+    fp32/fp16/bf16, the dtypes autocast casts), else x's own dtype."""
+    if x.is_floating_point() and x.dtype != torch.float64 and _autocast_on(x.device):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def _autocast_on(device):
+    # is_autocast_enabled raises for device types without autocast (meta): ask whether it exists first
+    return torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type)
+
+
+def own_precision(device):
+    """Turns an enclosing torch.autocast off: StyleGAN2's blocks pick their dtypes themselves (fp32 or
+    mp_dtype, as NVIDIA), so an fp32 block stays fp32 and the reference and Triton paths agree."""
+    return torch.autocast(device.type, enabled=False) if _autocast_on(device) else contextlib.nullcontext()
+
+
 class FullyConnectedLayer(nn.Module):
     """A dense layer with equalized learning rate, optional bias and activation (bias_act)."""
 
@@ -36,6 +62,7 @@ class FullyConnectedLayer(nn.Module):
         self.impl = None
 
     def forward(self, x):
+        x = x.to(layer_dtype(x))
         w = self.weight.to(x.dtype) * self.weight_gain
         b = self.bias
         if b is not None:
@@ -75,6 +102,7 @@ class Conv2dLayer(nn.Module):
         self.impl = None
 
     def forward(self, x, gain=1):
+        x = x.to(layer_dtype(x))
         w = (self.weight * self.weight_gain).to(x.dtype)
         b = self.bias.to(x.dtype) if self.bias is not None else None
         x = conv2d_resample(x, w, f=self.resample_filter, up=self.up, down=self.down, padding=self.padding,
