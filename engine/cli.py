@@ -1,6 +1,7 @@
 """The `fusegan` command line. Each subcommand is a small function; `main` only parses and dispatches."""
 import argparse
 import importlib
+import os
 import platform
 import sys
 from pathlib import Path
@@ -162,6 +163,8 @@ def cmd_train(argv) -> int:
     except (ValueError, TypeError, OSError, RuntimeError) as exc:
         print(f"fusegan train: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return 0
     print(f"done: {summary['steps']} steps, {summary['images_seen']} images in {summary['wall_time_s']:.1f} s "
           f"({summary['mean_img_per_s']:.1f} img/s), peak memory {summary['peak_memory_gb']:.2f} GB; "
           f"outputs in {summary['run_dir']}")

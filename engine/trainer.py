@@ -265,9 +265,11 @@ class Trainer:
     def _metrics(self) -> dict:
         from . import metrics
         net = self._feature_net()
-        gen = torch.Generator(self.device).manual_seed(123)
-        return metrics.compute_metrics(lambda n: self.recipe.sample(n, gen), self.dataset, self.cfg.metrics,
-                                       num_images=self.cfg.metrics_images, feature_net=net, device=self.device)
+        gen = torch.Generator(self.device).manual_seed(123)  # the same fakes' noise at every snapshot
+        reals = torch.utils.data.DataLoader(self.dataset, batch_size=64)  # in order; uint8 (images, labels)
+        return metrics.compute_metrics(lambda n: self.recipe.sample(n, gen), reals, self.cfg.metrics,
+                                       num_images=self.cfg.metrics_images, feature_net=net, device=self.device,
+                                       dataset_name=f"{self.cfg.data}@{self.cfg.res}")
 
     def _feature_net(self):
         if not hasattr(self, "_inception"):

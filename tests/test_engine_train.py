@@ -4,6 +4,7 @@ Everything runs the dcgan recipe at toy widths on the reference path (the kernel
 in their own files), so each training run takes a second or two.
 """
 import json
+import math
 import os
 import signal
 import subprocess
@@ -198,14 +199,62 @@ def test_sigkill_mid_run_leaves_a_loadable_latest_and_resume_matches(tmp_path):
     assert_same_run(straight, killed)
 
 
-def test_sigterm_writes_a_final_snapshot_and_exits_cleanly(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_writes_a_final_snapshot_and_exits_cleanly(tmp_path, sig):
     run = tmp_path / "run"
     proc = subprocess.Popen(_cli(*_tiny_cli_args(run, 100000, 2)), env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     _wait_for_step(run, 2, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
-    assert "SIGTERM: wrote a snapshot at step" in out
+    assert f"{sig.name}: wrote a snapshot at step" in out
     state = ckpt.load_state(ckpt.find_latest(run)[1])
-    assert state["step"] >= 2 and json.loads((run / "summary.json").read_text())["stopped_by"] == "SIGTERM"
+    assert state["step"] >= 2 and json.loads((run / "summary.json").read_text())["stopped_by"] == sig.name
+
+
+class _RandomProjection(torch.nn.Module):
+    """A stand-in feature network (the real FID Inception needs a 92 MB weights file and 299x299 inputs)."""
+    feature_dim = 16
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(32 * 32, self.feature_dim)
+
+    def forward(self, images):
+        return self.proj(images.float().mean(1).flatten(1))
+
+
+def test_metrics_are_evaluated_at_every_snapshot(tmp_path, monkeypatch):
+    net = _RandomProjection().requires_grad_(False)
+    monkeypatch.setattr(Trainer, "_feature_net", lambda self: net)
+    train(tiny_config(tmp_path, steps=4, snap=2, metrics=("fid", "kid", "pr"), metrics_images=40))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+    for row in rows:
+        assert set(row) >= {"fid", "kid", "precision", "recall"}
+        assert row["fid"] > 0 and 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
+
+
+def test_metrics_without_inception_weights_fail_before_training(tmp_path):
+    with pytest.raises(FileNotFoundError, match="pt_inception-2015-12-05-6726825d.pth"):
+        train(tiny_config(tmp_path, steps=2, metrics=("fid",)))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_metrics_need_a_generative_recipe(tmp_path):
+    cfg = tiny_config(tmp_path, recipe="ae", metrics=("fid",), recipe_options={"base": 4, "latent_dim": 4})
+    with pytest.raises(ValueError, match="--metrics needs a recipe that generates images"):
+        train(cfg)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_and_channels_last_train(tmp_path, precision):
+    summary = train(tiny_config(tmp_path, steps=3, precision=precision, channels_last=True))
+    assert summary["steps"] == 3 and summary["nonfinite_steps"] == 0
+    state = ckpt.load_state(ckpt.find_latest(tmp_path)[1])
+    assert state["config"]["precision"] == precision
+    scaler_scale = state["scaler"].get("scale")
+    assert (scaler_scale is not None) == (precision == "fp16")  # GradScaler only for fp16
+    stats = [json.loads(line) for line in (tmp_path / "stats.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss_D"]) and math.isfinite(r["loss_G"]) for r in stats)
