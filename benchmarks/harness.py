@@ -9,6 +9,8 @@ and in three modes:
 - 'bwd':    the backward only: each repetition runs a fresh forward outside the timed region, then times
             `torch.autograd.grad(outputs, inputs, grad_outputs)` (no .grad accumulation kernels);
 - 'fwdbwd': forward with autograd recording plus that backward, timed together (what training runs).
+Peak memory (torch.cuda.max_memory_allocated, its counter reset before each variant's repetitions) goes into
+every record. Training-step cases (benchmarks/training.py) share the RunContext and the records.
 """
 import dataclasses
 import datetime
@@ -16,13 +18,14 @@ import math
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
 from .peaks import measure_peaks
-from .records import MODES, VARIANTS, build_records
+from .records import MODES, VARIANTS, build_records, memory_fields
 from .telemetry import Telemetry, is_throttled
 from .timing import CudaEventTimer, WallClockTimer, measure
 
@@ -49,13 +52,67 @@ BUDGETS = {
 }
 
 
+@dataclasses.dataclass
+class TrainBudget:
+    """How long each training-step measurement runs, in whole regularization cycles (see training.py):
+    `warmup` cycles (the first compiles, and counts FLOPs for 'eager'), then timed cycles filling `seconds`
+    within [min_reps, max_reps]."""
+
+    warmup: int
+    seconds: float
+    min_reps: int
+    max_reps: int
+
+
+TRAIN_BUDGETS = {
+    "full": TrainBudget(warmup=2, seconds=12.0, min_reps=3, max_reps=20),
+    "quick": TrainBudget(warmup=1, seconds=3.0, min_reps=2, max_reps=5),
+    "smoke": TrainBudget(warmup=1, seconds=0.0, min_reps=1, max_reps=1),
+}
+
+
+class DeviceMemory:
+    """Peak-memory bookkeeping: `reset()` returns the bytes allocated now and restarts the peak counter;
+    `peak()` is torch.cuda.max_memory_allocated since. Both are None off CUDA (no caching allocator stats)."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.available = self.device.type == "cuda"
+
+    def reset(self):
+        if not self.available:
+            return None
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return torch.cuda.memory_allocated(self.device)
+
+    def peak(self):
+        if not self.available:
+            return None
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.max_memory_allocated(self.device)
+
+    def release(self):
+        """Returns cached blocks to the driver between variants, so one variant's cache never shrinks the next's."""
+        if self.available:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+
+
 class RunContext:
     """Everything a case needs to measure itself: device, timer, budget, peaks, telemetry, run metadata."""
 
-    def __init__(self, *, smoke=False, quick=False, modes=MODES, flush_l2=True, command="", device=None):
+    def __init__(self, *, smoke=False, quick=False, modes=MODES, flush_l2=True, command="", device=None,
+                 variants=VARIANTS, time_limit_s=None):
         self.smoke = smoke
         self.quick = quick
         self.modes = tuple(modes)
+        unknown = [v for v in variants if v not in VARIANTS]
+        if unknown or not variants:
+            raise ValueError(f"variants must be a non-empty subset of {VARIANTS}, got {tuple(variants)}")
+        self.variants = tuple(v for v in VARIANTS if v in variants)
+        # Cases stop starting (and training measurements stop repeating beyond their minimum) after this.
+        self.deadline = None if time_limit_s is None else time.perf_counter() + time_limit_s
         self.device = torch.device(device or ("cpu" if smoke else "cuda"))
         if self.device.type == "cuda":
             if self.device.index is None:  # set_device and NVML need an explicit index
@@ -64,12 +121,21 @@ class RunContext:
             # The eager baseline is the code a user would write, with cuDNN picking its fastest algorithms.
             torch.backends.cudnn.benchmark = True
             self.timer = CudaEventTimer(self.device, flush_l2=flush_l2)
+            # A training step streams gigabytes: flushing a 50 MB L2 before it changes nothing, so steps are
+            # timed without the flush (and its 256 MiB buffer is the same in every variant's peak memory).
+            self.step_timer = CudaEventTimer(self.device, flush_l2=False)
         else:
             self.timer = WallClockTimer()
-        self.budget = BUDGETS["smoke" if smoke else "quick" if quick else "full"]
+            self.step_timer = self.timer
+        level = "smoke" if smoke else "quick" if quick else "full"
+        self.budget = BUDGETS[level]
+        self.train_budget = TRAIN_BUDGETS[level]
+        self.memory = DeviceMemory(self.device)
         # The smoke run checks the plumbing, not the kernels: the reference path, fp32, and dynamo without
         # inductor (no C++ compiler needed, seconds not minutes).
         self.fused_impl = "ref" if smoke else "triton"
+        # Training steps run fusegan as a user does, impl=None (each op picks Triton on a CUDA device).
+        self.fused_train_impl = "ref" if smoke else None
         self.compile_backend = "eager" if smoke else "inductor"
         self.smoke_dtype = torch.float32
         self.telemetry = Telemetry(self.device)
@@ -85,6 +151,15 @@ class RunContext:
         b = self.budget
         return measure(self.timer, step, prepare, warmup=b.warmup, budget_s=b.seconds, min_reps=b.min_reps, max_reps=b.max_reps)
 
+    def measure_with_memory(self, step, prepare=None):
+        """(times, {'base_mem_mib', 'peak_mem_mib'}): `measure`, with the peak-memory counter reset before it."""
+        base = self.memory.reset()
+        times = self.measure(step, prepare)
+        return times, memory_fields(base, self.memory.peak())
+
+    def past_deadline(self):
+        return self.deadline is not None and time.perf_counter() >= self.deadline
+
     def meta(self):
         """Run-wide metadata for results.json."""
         return {
@@ -96,7 +171,9 @@ class RunContext:
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
             "fused_impl": self.fused_impl,
             "compile_backend": self.compile_backend,
+            "variants": list(self.variants),
             "budget": dataclasses.asdict(self.budget),
+            "train_budget": dataclasses.asdict(self.train_budget),
             "peaks": self.peaks,
             "telemetry_note": self.telemetry.note,
             "cases": self.case_info,
@@ -222,11 +299,12 @@ class OpCase:
 
     def variants(self, ctx):
         compiled = torch.compile(self.eager, dynamic=False, backend=ctx.compile_backend)
-        return {
+        every = {
             "fusegan": lambda inputs: self.fused(**inputs, impl=ctx.fused_impl),
             "eager": lambda inputs: self.eager(**inputs),
             "compile": lambda inputs: compiled(**inputs),
         }
+        return {v: every[v] for v in ctx.variants}
 
     def run(self, ctx):
         """Measures every variant in every mode of ctx; returns the records."""
@@ -242,13 +320,15 @@ class OpCase:
         records = []
         for mode in ctx.modes:
             timings = {}
+            mode_extra = {variant: dict(extra.get(variant, {})) for variant in variants}
             for variant, fn in variants.items():
                 if variant in failed:
                     timings[variant] = failed[variant]
                     continue
                 try:
                     prepare, step = mode_callables(fn, inputs, self.grad_inputs, mode)
-                    timings[variant] = ctx.measure(step, prepare)
+                    timings[variant], memory = ctx.measure_with_memory(step, prepare)
+                    mode_extra[variant].update(memory)
                 except Exception as exc:  # one broken variant must not lose the others' numbers
                     timings[variant] = _error_text(exc)
             base = {"suite": self.suite, "op": self.op, "case": self.name, "mode": mode, "shape": list(shape),
@@ -258,7 +338,7 @@ class OpCase:
                 base, timings, ctx.env, ctx.peaks,
                 bytes_moved=self.bytes_moved(shape, itemsize, mode) if self.bytes_moved else None,
                 flops=self.flops(shape, mode) if self.flops else None,
-                extra=extra,
+                extra=mode_extra,
             )
         after = ctx.telemetry.read()
         throttled = is_throttled(before) or is_throttled(after) if ctx.telemetry.available else None
@@ -282,6 +362,7 @@ class OpCase:
             "eager": {"impl": "eager"},
             "compile": {"impl": f"torch.compile[{ctx.compile_backend}]"},
         }
+        extra = {v: extra[v] for v in variants}
         reference = outputs.get("eager")
         tolerance = CHECK_TOLERANCE.get(dtype, 1e-4)
         for variant in ("fusegan", "compile"):
@@ -326,34 +407,50 @@ def select_cases(cases, only=None, quick=False):
     return selected
 
 
-def run_cases(ctx, cases, log=print):
-    """Measures the device peaks, then every case; returns (meta, records)."""
+def run_cases(ctx, cases, log=print, on_case=None):
+    """Measures the device peaks, then every case; returns (meta, records).
+
+    on_case(meta, records) is called after every case with everything so far (the CLI writes the results
+    files there, so that a run cut short still leaves its numbers). Cases not started before ctx's time
+    limit are listed in meta['skipped'].
+    """
     peaks = ctx.measure_peaks()
     log(f"device: {ctx.env['gpu']}  copy {peaks['copy']['value']:.0f} GB/s  {peaks['matmul']['what']} "
         f"{peaks['matmul']['value']:.1f} TFLOP/s  (timer: {ctx.timer.name})")
     if ctx.telemetry.note:
         log(ctx.telemetry.note)
-    records = []
+    records, skipped = [], []
+    started = time.perf_counter()
     for case in cases:
+        if ctx.past_deadline():
+            skipped.append(case.name)
+            continue
+        begin = time.perf_counter()
         try:
             case_records = case.run(ctx)
         except Exception as exc:  # e.g. out of memory making the inputs: keep the other cases' results
             case_records = case_failure_records(ctx, case, _error_text(exc))
+        ctx.case_info.setdefault(case.name, {})["seconds"] = round(time.perf_counter() - begin, 2)
         records += case_records
         for r in case_records:
             log(format_record(r))
         sys.stdout.flush()
-    return ctx.meta(), records
+        if on_case is not None:
+            on_case({**ctx.meta(), "skipped": skipped, "elapsed_s": round(time.perf_counter() - started, 1)}, records)
+    if skipped:
+        log(f"time limit reached: {len(skipped)} case(s) not run: {', '.join(skipped)}")
+    return {**ctx.meta(), "skipped": skipped, "elapsed_s": round(time.perf_counter() - started, 1)}, records
 
 
 def case_failure_records(ctx, case, error):
     """Error records for every mode and variant of a case that could not run at all."""
     shape = list(case.smoke_shape if ctx.smoke else case.shape)
+    modes = getattr(case, "modes", None) or ctx.modes  # a training-step case has its own single mode
     records = []
-    for mode in ctx.modes:
+    for mode in modes:
         base = {"suite": case.suite, "op": case.op, "case": case.name, "mode": mode, "shape": shape,
                 "dtype": _dtype_name(ctx.smoke_dtype if ctx.smoke else case.dtype), "layout": getattr(case, "layout", None)}
-        records += build_records(base, dict.fromkeys(VARIANTS, error), ctx.env, ctx.peaks)
+        records += build_records(base, dict.fromkeys(ctx.variants, error), ctx.env, ctx.peaks)
     return records
 
 
@@ -362,7 +459,10 @@ def format_record(r):
     head = f"{r['case']:<40} {r['mode']:<6} {r['variant']:<8}"
     if r.get("error"):
         return f"{head} ERROR {r['error']}"
-    parts = [f"{r['p50']:.4g} ms [{r['p20']:.4g}, {r['p80']:.4g}]"]
+    per = "/step" if r.get("metric") == "time_per_step" else ""
+    parts = [f"{r['p50']:.4g} ms{per} [{r['p20']:.4g}, {r['p80']:.4g}]"]
+    if r.get("img_per_s") is not None:
+        parts.append(f"{r['img_per_s']:.1f} img/s ({r['sec_per_kimg']:.2f} s/kimg)")
     if r.get("speedup_vs_eager") is not None:
         parts.append(f"{r['speedup_vs_eager']:.2f}x eager")
     if r.get("speedup_vs_compile") is not None:
@@ -370,8 +470,14 @@ def format_record(r):
     if r.get("gbps") is not None:
         frac = f" ({100 * r['frac_copy_bw']:.0f}% copy)" if r.get("frac_copy_bw") is not None else ""
         parts.append(f"{r['gbps']:.0f} GB/s{frac}")
+    if r.get("frac_matmul_peak") is not None and r.get("suite") == "train":
+        parts.append(f"MFU {100 * r['frac_matmul_peak']:.0f}%")
+    if r.get("peak_mem_mib") is not None:
+        parts.append(f"peak {r['peak_mem_mib'] / 1024:.2f} GiB")
     if r.get("check") == "MISMATCH":
         parts.append(f"MISMATCH vs eager (rel err {r['rel_err_vs_eager']:.2e})")
+    elif r.get("check") not in (None, "ok"):
+        parts.append(str(r["check"]))
     if r.get("throttled"):
         parts.append(f"THROTTLED ({r['throttle_reasons']})")
     return f"{head} " + "  ".join(parts)

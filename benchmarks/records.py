@@ -2,11 +2,17 @@
 
 A record carries everything needed to read it alone (GPU, versions, date, command), so the CSV is
 self-contained. `FIELDS` fixes the column order and `FIELD_TYPES` lets the CSV reader restore types.
+
+Op cases time one call ('time', ms per call, in modes fwd/bwd/fwdbwd); training-step cases time whole steps
+('time_per_step', ms per training step with regularization amortized, in mode 'train') and add images/s,
+sec/kimg and model-FLOPs utilization (flops per step over the measured bf16 matmul peak).
 """
 from .stats import speedup, summarize
 
 VARIANTS = ("fusegan", "eager", "compile")
 MODES = ("fwd", "bwd", "fwdbwd")
+TRAIN_MODE = "train"  # the mode of training-step records: one whole training step
+MIB = 2**20
 
 FIELDS = (
     # what was measured
@@ -17,16 +23,22 @@ FIELDS = (
     "speedup_vs_eager", "speedup_vs_compile",
     # throughput from the case's stated model of useful work, at p50, and as a fraction of the measured peak
     "bytes_moved", "gbps", "frac_copy_bw", "flops", "tflops", "frac_matmul_peak",
+    # training steps: throughput at p50 (sec/kimg as in StyleGAN2-ADA's tables) and train steps per repetition
+    "img_per_s", "sec_per_kimg", "steps_per_rep",
+    # memory: torch.cuda.max_memory_allocated over the timed repetitions, and what was allocated when its
+    # counter was reset (inputs, or the model and optimizer state, and the harness's buffers); MiB
+    "peak_mem_mib", "base_mem_mib",
     # sanity and health
     "rel_err_vs_eager", "check", "throttled", "throttle_reasons", "error",
     # where and how
     "gpu", "timer", "copy_peak_gbps", "matmul_peak_tflops",
     "torch", "triton", "fusegan", "git_commit", "cuda", "date", "command",
 )
-INT_FIELDS = {"reps", "bytes_moved", "flops"}
+INT_FIELDS = {"reps", "bytes_moved", "flops", "steps_per_rep"}
 FLOAT_FIELDS = {
     "p20", "p50", "p80", "speedup_vs_eager", "speedup_vs_compile", "gbps", "frac_copy_bw",
-    "tflops", "frac_matmul_peak", "rel_err_vs_eager", "copy_peak_gbps", "matmul_peak_tflops",
+    "tflops", "frac_matmul_peak", "img_per_s", "sec_per_kimg", "peak_mem_mib", "base_mem_mib",
+    "rel_err_vs_eager", "copy_peak_gbps", "matmul_peak_tflops",
 }
 BOOL_FIELDS = {"throttled"}
 SHAPE_FIELDS = {"shape"}
@@ -37,16 +49,18 @@ FIELD_TYPES = {
 }
 
 
-def build_records(base, timings, env, peaks, bytes_moved=None, flops=None, extra=None):
+def build_records(base, timings, env, peaks, bytes_moved=None, flops=None, extra=None, images=None,
+                  metric="time"):
     """Records for one (case, mode): one per variant in `timings`.
 
     base: fields shared by the variants (suite, op, case, mode, shape, dtype, layout).
-    timings: {variant: list of ms, or an error message string}.
+    timings: {variant: list of ms, or {'p20', 'p50', 'p80', 'reps'} already summarized, or an error message}.
     env: run-wide fields (gpu, timer, versions, date, command). peaks: output of peaks.measure_peaks.
-    bytes_moved / flops: the case's model of useful work for this mode (None where not meaningful).
-    extra: {variant: {field: value}} merged last (impl, rel_err_vs_eager, check, throttled, ...).
+    bytes_moved / flops: the case's model of useful work per timed unit (None where not meaningful).
+    images: images per timed unit (a training step's batch): adds img_per_s and sec_per_kimg.
+    extra: {variant: {field: value}} merged last (impl, rel_err_vs_eager, check, throttled, memory, ...).
     """
-    stats = {v: summarize(t) for v, t in timings.items() if not isinstance(t, str) and t}
+    stats = {v: _stats(t) for v, t in timings.items() if not isinstance(t, str) and t}
     copy_peak = (peaks or {}).get("copy", {}).get("value")
     matmul_peak = (peaks or {}).get("matmul", {}).get("value")
     eager_p50 = stats.get("eager", {}).get("p50")
@@ -56,12 +70,12 @@ def build_records(base, timings, env, peaks, bytes_moved=None, flops=None, extra
         record = dict.fromkeys(FIELDS)
         record.update(env)
         record.update(base)
-        record.update(variant=variant, metric="time", unit="ms", copy_peak_gbps=copy_peak, matmul_peak_tflops=matmul_peak)
+        record.update(variant=variant, metric=metric, unit="ms", copy_peak_gbps=copy_peak, matmul_peak_tflops=matmul_peak)
         if isinstance(times, str) or not times:
             record["error"] = times if isinstance(times, str) else "no timings"
         else:
             p50 = stats[variant]["p50"]
-            record.update(stats[variant], reps=len(times))
+            record.update(stats[variant])
             record["speedup_vs_eager"] = speedup(eager_p50, p50)
             record["speedup_vs_compile"] = speedup(compile_p50, p50)
             if bytes_moved:
@@ -72,6 +86,22 @@ def build_records(base, timings, env, peaks, bytes_moved=None, flops=None, extra
                 record["flops"] = int(flops)
                 record["tflops"] = flops / (p50 * 1e-3) / 1e12
                 record["frac_matmul_peak"] = record["tflops"] / matmul_peak if matmul_peak else None
+            if images:
+                record["img_per_s"] = images / (p50 * 1e-3)
+                record["sec_per_kimg"] = 1000 / record["img_per_s"]
         record.update((extra or {}).get(variant, {}))
         records.append(record)
     return records
+
+
+def _stats(times):
+    """{'p20', 'p50', 'p80', 'reps'} from a list of times, or from an already summarized dict."""
+    if isinstance(times, dict):
+        return {k: times[k] for k in ("p20", "p50", "p80", "reps")}
+    return {**summarize(times), "reps": len(times)}
+
+
+def memory_fields(base_bytes, peak_bytes):
+    """{'base_mem_mib', 'peak_mem_mib'} from byte counts (None where the device has no allocator statistics)."""
+    return {"base_mem_mib": None if base_bytes is None else base_bytes / MIB,
+            "peak_mem_mib": None if peak_bytes is None else peak_bytes / MIB}

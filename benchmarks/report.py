@@ -1,11 +1,12 @@
-"""Writes and reads a run's results: results.json (meta + records), results.csv, report.md, command.txt."""
+"""Writes and reads a run's results: results.json (meta + records), results.csv, report.md, command.txt, and the
+PNG plots (benchmarks/plots.py; skipped with a notice when matplotlib is missing)."""
 import csv
 import json
 from pathlib import Path
 
-from .records import FIELD_TYPES, FIELDS, MODES, VARIANTS
+from .records import FIELD_TYPES, FIELDS, MODES, TRAIN_MODE, VARIANTS
 
-MODE_TITLES = {"fwd": "forward", "bwd": "backward", "fwdbwd": "forward+backward"}
+MODE_TITLES = {"fwd": "forward", "bwd": "backward", "fwdbwd": "forward+backward", TRAIN_MODE: "training step"}
 
 
 # ---------------------------------------------------------------- JSON and CSV
@@ -85,27 +86,61 @@ def fmt_num(value, digits=0):
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def fmt_gib(mib):
+    return "—" if mib is None else f"{mib / 1024:.2f}"
+
+
+def fmt_rate(value):
+    return "—" if value is None else f"{value:.0f}" if value >= 100 else f"{value:.1f}"
+
+
 def group_by_case_mode(records):
     """{(case, mode): {variant: record}}, in first-seen case order and MODES order."""
     groups = {}
     for r in records:
         groups.setdefault((r["case"], r["mode"]), {})[r["variant"]] = r
-    order = {m: i for i, m in enumerate(MODES)}
+    order = {m: i for i, m in enumerate(MODES + (TRAIN_MODE,))}
     cases = list(dict.fromkeys(r["case"] for r in records))
     return dict(sorted(groups.items(), key=lambda kv: (cases.index(kv[0][0]), order.get(kv[0][1], len(order)))))
 
 
 def ratio_table(records, spread=True):
     """The markdown table of fusegan against eager and torch.compile: one row per (case, mode)."""
-    header = ["case", "mode", "fusegan ms", "eager ms", "compile ms", "× eager", "× compile", "fusegan GB/s", "% copy BW", "notes"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * 7 + ["---"]) + "|"]
+    header = ["case", "mode", "fusegan ms", "eager ms", "compile ms", "× eager", "× compile", "fusegan GB/s", "% copy BW",
+              "peak MiB f/e/c", "notes"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * 8 + ["---"]) + "|"]
     for (case, mode), by_variant in group_by_case_mode(records).items():
         fused = by_variant.get("fusegan", {})
         times = [_time_cell(by_variant.get(v), spread) for v in VARIANTS]
         row = [case, mode, *times, fmt_ratio(fused.get("speedup_vs_eager")), fmt_ratio(fused.get("speedup_vs_compile")),
-               fmt_num(fused.get("gbps")), fmt_pct(fused.get("frac_copy_bw")), _notes(by_variant)]
+               fmt_num(fused.get("gbps")), fmt_pct(fused.get("frac_copy_bw")),
+               _per_variant(by_variant, "peak_mem_mib", fmt_num), _notes(by_variant)]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def train_table(records, spread=True):
+    """The markdown table of the training steps: one row per model, the three variants side by side."""
+    header = ["case", "images", "fusegan ms/step", "eager ms/step", "compile ms/step", "img/s f/e/c", "fusegan sec/kimg",
+              "× eager", "× compile", "MFU f/e/c", "peak GiB f/e/c", "notes"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * 9 + ["---"]) + "|"]
+    for (case, _), by_variant in group_by_case_mode(records).items():
+        fused = by_variant.get("fusegan", {})
+        any_record = next(iter(by_variant.values()))
+        shape = any_record.get("shape") or []
+        images = f"{shape[0]} × {shape[2]}²" if len(shape) == 4 else "—"
+        times = [_time_cell(by_variant.get(v), spread) for v in VARIANTS]
+        row = [case, images, *times, _per_variant(by_variant, "img_per_s", fmt_rate), fmt_num(fused.get("sec_per_kimg"), 2),
+               fmt_ratio(fused.get("speedup_vs_eager")), fmt_ratio(fused.get("speedup_vs_compile")),
+               _per_variant(by_variant, "frac_matmul_peak", fmt_pct), _per_variant(by_variant, "peak_mem_mib", fmt_gib),
+               _notes(by_variant)]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _per_variant(by_variant, field, fmt):
+    """'a / b / c': `field` of fusegan, eager and compile ('—' where missing)."""
+    return " / ".join(fmt((by_variant.get(v) or {}).get(field)) for v in VARIANTS)
 
 
 def _time_cell(record, spread):
@@ -123,6 +158,8 @@ def _notes(by_variant):
         r = by_variant.get(variant)
         if r and r.get("check") == "MISMATCH":
             notes.append(f"{variant} MISMATCH vs eager")
+        elif r and r.get("check") not in (None, "ok"):
+            notes.append(f"{variant} {r['check']}")
         if r and r.get("error"):
             notes.append(f"{variant} failed")
     if any(r.get("throttled") for r in by_variant.values()):
@@ -150,8 +187,22 @@ def markdown_report(meta, records):
     out = ["# fusegan benchmarks", "", *run_header(meta), ""]
     for suite in dict.fromkeys(r["suite"] for r in records):
         suite_records = [r for r in records if r["suite"] == suite]
+        if suite == "train":
+            out += ["## train", "", "Whole training steps (G step, D step, lazy regularization amortized as in training) "
+                    "on synthetic data (random tensors on the device, no data loading), bf16 mixed precision. Times "
+                    "are ms per training step, p50 (p20–p80); img/s and sec/kimg at p50 (sec/kimg is comparable to "
+                    "StyleGAN2-ADA's tables); × is fusegan's speedup; MFU = model FLOPs per step (FlopCounterMode on "
+                    "the eager reference, one amortization cycle) / time / measured bf16 matmul peak; peak = "
+                    "torch.cuda.max_memory_allocated during the timed steps. f/e/c = fusegan / eager / compile.", "",
+                    train_table(suite_records), ""]
+            amortization = {case: info.get("amortization") for case, info in meta.get("cases", {}).items()
+                            if info.get("suite") == "train" and info.get("amortization")}
+            out += [f"- `{case}`: {text}" for case, text in amortization.items()] + [""]
+            continue
         out += [f"## {suite}", "", "Times are p50 (p20–p80) in ms; × is fusegan's speedup at p50 (> 1 is faster); "
-                "GB/s and % of copy bandwidth come from each case's bytes model below.", "", ratio_table(suite_records), ""]
+                "GB/s and % of copy bandwidth come from each case's bytes model below; peak MiB = "
+                "torch.cuda.max_memory_allocated during the repetitions (f/e/c = fusegan / eager / compile).", "",
+                ratio_table(suite_records), ""]
     rows = target_rows(meta, records)
     if rows:
         out += ["## targets", "", "| case | mode | metric | target | measured | met |", "|---|---|---|---:|---:|---|"]
@@ -167,6 +218,11 @@ def markdown_report(meta, records):
     errors = sorted({(r["case"], r["variant"], r["error"]) for r in records if r.get("error")})
     if errors:
         out += ["## errors", ""] + [f"- `{case}` {variant}: {error}" for case, variant, error in errors] + [""]
+    if meta.get("skipped"):
+        out += ["## not run (time limit)", ""] + [f"- `{case}`" for case in meta["skipped"]] + [""]
+    plots = meta.get("plots") or []
+    if plots:
+        out += ["## plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
     return "\n".join(out)
 
 
@@ -194,18 +250,30 @@ def run_header(meta):
                  f"compile backend: {meta.get('compile_backend')}")
     if meta.get("telemetry_note"):
         lines.append(f"- {meta['telemetry_note']}")
+    if meta.get("elapsed_s") is not None:
+        slowest = sorted(((info.get("seconds") or 0, case) for case, info in (meta.get("cases") or {}).items()), reverse=True)
+        listed = ", ".join(f"{case} {seconds:.0f} s" for seconds, case in slowest[:3])
+        lines.append(f"- wall time of the cases: {meta['elapsed_s']:.0f} s" + (f" (slowest: {listed})" if listed else ""))
     if meta.get("smoke"):
         lines.append("- CPU SMOKE RUN: tiny shapes, reference path, wall clock; the numbers mean nothing.")
     return lines
 
 
-def write_results(out_dir, meta, records):
-    """Writes results.json, results.csv, report.md and command.txt into `out_dir`; returns their paths."""
+def write_results(out_dir, meta, records, plots=True, log=print):
+    """Writes results.json, results.csv, report.md and command.txt into `out_dir`, and with `plots` the PNGs
+    (their names go into meta['plots'] and the report); returns the paths written."""
+    from .plots import write_plots
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: out_dir / name for name in ("results.json", "results.csv", "report.md", "command.txt")}
     write_json(paths["results.json"], meta, records)  # first: the raw numbers survive any later failure
     write_csv(paths["results.csv"], records)
+    if plots:
+        pngs = write_plots(out_dir, records, meta=meta, log=log)
+        meta = {**meta, "plots": [p.name for p in pngs]}
+        paths.update({p.name: p for p in pngs})
+        write_json(paths["results.json"], meta, records)
     paths["report.md"].write_text(markdown_report(meta, records) + "\n", encoding="utf-8")
     paths["command.txt"].write_text(f"{meta.get('command')}\n", encoding="utf-8")
     return paths
@@ -222,3 +290,23 @@ def parse_markdown_tables(text):
             tables.append([dict(zip(header, row)) for row in body])
             block = []
     return tables
+
+
+def main(argv=None):
+    """`python -m benchmarks.report DIR`: rewrites DIR's results.csv, report.md, command.txt and plots from its
+    results.json (e.g. on a CPU machine after a GPU run that brought back only results.json)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=main.__doc__.splitlines()[0])
+    parser.add_argument("dir", help="a folder holding results.json")
+    args = parser.parse_args(argv)
+    meta, records = read_json(Path(args.dir) / "results.json")
+    paths = write_results(args.dir, meta, records)
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -55,7 +55,7 @@ def test_check_rejects_random_blank_and_collapsed_images(digit_classifier):
 def test_dcgan_learns_recognisable_digits(digit_classifier, tmp_path):
     train(TrainConfig(recipe="dcgan", data="digits", steps=LEARN_STEPS, snap=LEARN_STEPS, batch=64, workers=0,
                       impl="ref", device="cpu", progress=False, tensorboard=False, run_dir=str(tmp_path),
-                      recipe_options={"ngf": 32, "ndf": 32}))
+                      recipe_options={}))  # the main job's model: 32x32 DCGAN, ngf = ndf = 32
     recipe = load_recipe(tmp_path)
     samples = recipe.sample(NUM_SAMPLES, torch.Generator().manual_seed(0))
     classes, confidence = recognised(digit_classifier, samples)

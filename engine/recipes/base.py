@@ -40,6 +40,7 @@ class TrainContext:
     seed: int = 0
     channels_last: bool = False
     compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile's backend ('eager'/'aot_eager' for CPU smoke runs)
     impl: Optional[str] = None      # forwarded to the models (None: each op's default dispatch)
     dist: DistInfo = field(default_factory=DistInfo)
 
@@ -117,7 +118,7 @@ class Recipe:
     def maybe_compile(self, module: nn.Module):
         """torch.compile'd forward when --compile, else the module. Only the main losses go through it: the
         regularization passes differentiate twice, which torch.compile does not support, so they stay eager."""
-        return torch.compile(module) if self.ctx.compile else module
+        return torch.compile(module, backend=self.ctx.compile_backend) if self.ctx.compile else module
 
     def backward(self, loss: torch.Tensor) -> None:
         self.ctx.precision.scale(loss).backward()

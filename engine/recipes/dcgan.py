@@ -23,8 +23,10 @@ class DCGANRecipe(Recipe):
     def add_arguments(cls, parser):
         group = parser.add_argument_group("dcgan")
         group.add_argument("--nz", type=int, default=100, help="latent size (default: 100)")
-        group.add_argument("--ngf", type=int, default=64, help="generator width (default: 64)")
-        group.add_argument("--ndf", type=int, default=64, help="discriminator width (default: 64)")
+        group.add_argument("--ngf", type=int, default=None,
+                           help="generator width (default: 64 at 64x64 as the PyTorch example, 32 at 32x32)")
+        group.add_argument("--ndf", type=int, default=None,
+                           help="discriminator width (default: 64 at 64x64 as the PyTorch example, 32 at 32x32)")
         group.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate of G and D (default: 2e-4)")
         group.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (default: 0.5)")
         group.add_argument("--gan-loss", choices=KINDS, default="logistic",
@@ -36,6 +38,8 @@ class DCGANRecipe(Recipe):
             raise ValueError(f"dcgan trains at resolution {' or '.join(map(str, RESOLUTIONS))}, "
                              f"got {data.resolution} (use --res)")
         o = options
+        default_width = 64 if data.resolution == 64 else 32  # 32x32 (small datasets): one stage, half the width
+        o.ngf, o.ndf = o.ngf or default_width, o.ndf or default_width
         G = Generator(nz=o.nz, ngf=o.ngf, nc=data.channels, resolution=data.resolution, impl=ctx.impl)
         D = Discriminator(ndf=o.ndf, nc=data.channels, resolution=data.resolution, impl=ctx.impl)
         G.apply(weights_init)
