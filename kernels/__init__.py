@@ -15,13 +15,14 @@ from .minibatch_std import minibatch_std
 from .modulated_conv2d import modulated_conv2d
 from .normalize import normalize_2nd_moment
 from .regularizers import gradient_penalty, path_length_penalty, r1_penalty
-from .upfirdn2d import downsample2d, filter2d, setup_filter, upfirdn2d, upsample2d
+from .upfirdn2d import downsample2d, filter2d, setup_filter, upfirdn2d, upfirdn2d_bias_act, upsample2d
 from .vae_loss import vae_loss
 
 # The public ops, listed by `fusegan info` with the implementation each would use.
 OPS = (
     "bias_act",
     "upfirdn2d",
+    "upfirdn2d_bias_act",
     "modulated_conv2d",
     "conv2d_resample",
     "conv2d_norm_act",
@@ -57,6 +58,7 @@ __all__ = [
     "resolve_impl",
     "setup_filter",
     "upfirdn2d",
+    "upfirdn2d_bias_act",
     "upsample2d",
     "vae_loss",
 ]

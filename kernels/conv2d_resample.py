@@ -9,8 +9,9 @@ What runs where on the Triton path:
   * the FIR low-pass filtering is the upfirdn2d op (a separate fused pass, not fused into the GEMM):
     down=2: FIR, then the stride-2 implicit GEMM; up=2: the transposed implicit GEMM, then FIR with gain up**2.
   * Per-sample channel scales and the elementwise epilogue (used by modulated_conv2d) ride along in the conv
-    kernel when the conv is the last step; after a trailing FIR (up=2) the scale is still applied in the GEMM
-    (it commutes with the per-channel FIR) but noise/bias/activation run afterwards (an add and bias_act).
+    kernel when the conv is the last step; after a trailing FIR (up=2) the scales stay in the GEMM (they commute
+    with the per-channel FIR) and noise/bias/activation ride in the FIR kernel's epilogue
+    (upfirdn2d.upfirdn2d_bias_act), so up=2 is two kernels: transposed GEMM, then FIR + noise + bias + act.
 groups > 1 runs one implicit GEMM per group (channel slices are strided views, no copies).
 """
 import torch
@@ -20,8 +21,7 @@ from . import _conv_ops
 from ._conv_ops import no_weight_gradients  # noqa: F401  (re-exported: NVIDIA's conv2d_gradfix API)
 from ._dispatch import resolve_impl
 from ._validate import check_positive_int, check_same_device, check_tensor
-from .bias_act import bias_act
-from .upfirdn2d import _parse_padding, upfirdn2d
+from .upfirdn2d import _parse_padding, upfirdn2d, upfirdn2d_bias_act
 
 __all__ = ["conv2d_resample", "no_weight_gradients"]
 
@@ -168,7 +168,7 @@ def _conv2d_resample_triton(x, w, f=None, up=1, down=1, padding=(0, 0, 0, 0), gr
                             flip_filter=False, in_scale=None, out_scale=None, noise=None, bias=None, act="linear",
                             alpha=0.0, gain=1.0, clamp=None):
     """Same plan as `_conv2d_resample_ref`. When the conv is the last step the whole modulated epilogue is fused
-    into it; after a trailing FIR (up > 1), noise/bias/act/gain/clamp run after the FIR."""
+    into it; after a trailing FIR (up > 1), noise/bias/act/gain/clamp are fused into that last FIR pass."""
     px0, px1, py0, py1 = _adjusted_padding(f, up, down, padding)
     fir = lambda t, **kw_: upfirdn2d(t, f, flip_filter=flip_filter, impl="triton", **kw_)  # noqa: E731
     kh, kw = w.shape[2], w.shape[3]
@@ -181,20 +181,16 @@ def _conv2d_resample_triton(x, w, f=None, up=1, down=1, padding=(0, 0, 0, 0), gr
                 clamp=clamp, save_conv=training and (nonlinear or out_scale is not None))
     scales = dict(in_scale=in_scale, out_scale=out_scale, save_conv=training and out_scale is not None)
 
-    def finish(y):  # the epilogue that could not ride in the GEMM because a FIR came after it
-        if noise is not None:
-            y = y + noise.to(y.dtype)
-        if bias is not None or act != "linear" or gain != 1 or clamp is not None:
-            y = bias_act(y, None if bias is None else bias.to(y.dtype), act=act, alpha=alpha, gain=gain,
-                         clamp=clamp, impl="triton")
-        return y
+    def fir_last(t, **kw_):  # the last FIR pass carries the epilogue that could not ride in the GEMM
+        return upfirdn2d_bias_act(t, f, flip_filter=flip_filter, noise=noise, bias=bias, act=act, alpha=alpha,
+                                  act_gain=gain, clamp=clamp, impl="triton", **kw_)
 
     if kw == 1 and kh == 1 and (down > 1 and up == 1):
         x = fir(x, down=down, padding=[px0, px1, py0, py1])
         return _conv_triton(x, w, groups=groups, flip=not flip_weight, epi=full)
     if kw == 1 and kh == 1 and (up > 1 and down == 1):
         x = _conv_triton(x, w, groups=groups, flip=not flip_weight, epi=scales)
-        return finish(fir(x, up=up, padding=[px0, px1, py0, py1], gain=up ** 2))
+        return fir_last(x, up=up, padding=[px0, px1, py0, py1], gain=up ** 2)
     if down > 1 and up == 1:
         x = fir(x, padding=[px0, px1, py0, py1])
         return _conv_triton(x, w, stride=down, groups=groups, flip=not flip_weight, epi=full)
@@ -209,10 +205,10 @@ def _conv2d_resample_triton(x, w, f=None, up=1, down=1, padding=(0, 0, 0, 0), gr
         # w[o, c] directly, so only the flip remains.
         x = _conv_triton(x, w, stride=up, pads=(pxt, pxt, pyt, pyt), groups=groups, transposed=True,
                          flip=flip_weight, epi=scales)
-        x = fir(x, padding=[px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt], gain=up ** 2)
+        pads_fir = [px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt]
         if down > 1:
-            x = fir(x, down=down)
-        return finish(x)
+            return fir_last(fir(x, padding=pads_fir, gain=up ** 2), down=down)
+        return fir_last(x, padding=pads_fir, gain=up ** 2)
     # up == down == 1: the kernel pads (asymmetric or negative too) by itself, no separate pad pass.
     return _conv_triton(x, w, pads=(px0, px1, py0, py1), groups=groups, flip=not flip_weight, epi=full)
 

@@ -13,15 +13,40 @@ Paths:
   * Triton: the implicit-GEMM kernel of kernels/_implicit_gemm.py over the SHARED weight. Its prologue scales the
     input channels by the per-sample style (in registers, on the weight tile), its epilogue applies demodulation,
     noise, bias, activation (bias_act's own jit helper), gain and clamp before the single store.
-      - up=1 (3x3 and 1x1/ToRGB): ONE kernel launch for the whole layer.
-      - down=2: the upfirdn2d kernel (FIR + pad), then ONE fused strided implicit GEMM with the whole epilogue.
-      - up=2: the transposed stride-2 implicit GEMM (style prologue, demodulation epilogue), then the upfirdn2d
-        kernel (FIR, gain 4), then noise + bias_act (an add and bias_act's kernel): NOT fused into the GEMM.
+    Triton launches per layer (forward / backward with noise, bias and lrelu; tests/test_modulated_conv2d.py counts
+    them):
+      - up=1 (3x3 and 1x1/ToRGB): 1 / 3. Forward: ONE fused GEMM. Backward: bias_act's gradient kernel, the dX
+        GEMM, the dW reduction.
+      - down=2: 2 / 4. Forward: the upfirdn2d kernel (FIR + pad), then ONE fused strided GEMM with the whole
+        epilogue. Backward: as up=1, plus the FIR's adjoint (upfirdn2d again).
+      - up=2: 2 / 4. Forward: the transposed stride-2 GEMM (style prologue, demodulation epilogue), then ONE
+        upfirdn2d pass (FIR, gain 4) whose epilogue adds the noise and the bias and applies the activation, gain
+        and clamp before its single store (`upfirdn2d.upfirdn2d_bias_act`; in training it also stores the
+        pre-activation for the backward). Backward: bias_act's gradient kernel on that pre-activation (db fused
+        into it; dnoise a torch sum), the FIR adjoint, then the transposed GEMM's dX and dW kernels.
+    Why up=2 is not ONE GEMM: the 3x3 transposed conv and the 4x4 FIR compose into a single stride-2 transposed
+    conv with a 6x6 kernel (w convolved with f), which would remove the FIR pass. But each output phase of a
+    stride-2 transposed conv then reads ceil(6/2)^2 = 9 taps per input channel instead of 9/4 on average for the
+    3x3 kernel (phases of 4, 2, 2 and 1 taps): 4x the tensor-core FLOPs. For the large-channel layers that
+    dominate (512 channels), the GEMM is compute-bound and the FIR pass (4 taps per output, memory-bound) costs
+    far less than 3 extra GEMMs' worth of FLOPs, so the layer stays a GEMM plus a FIR pass that carries the
+    epilogue.
     Backward (kernels/_conv_ops.py): dX is the transposed implicit GEMM with the same prologue/epilogue trick,
     dW a fused reduction over the batch, dstyles/ddemod per-sample spatial sums, dbias/dnoise sums of the
     bias_act gradient; all of it made of fusegan custom ops with their own autograd, so it is differentiable.
   Demodulation coefficients never build the [N, O, I, k, k] tensor: d = rsqrt(s^2 @ sum_k(w^2).T + eps),
   a tiny [N, I] x [I, O] matmul in torch (differentiable, so styles and weight get their gradient through it).
+
+Layout: every kernel accepts NCHW and channels_last (through strides, no copies) and returns the layout it was
+given; channels_last (NHWC) is the fast path of the layer:
+  - implicit-GEMM forward/dX (`_conv_fwd_kernel`) prefers channels_last: the GEMM's K axis (input channels) and
+    its stored N axis (output channels) are then contiguous, so the im2col loads and the store coalesce;
+  - dW (`_conv_wgrad_kernel`) prefers channels_last: its tiles run along (tap, channel), channel fastest;
+  - upfirdn2d (with or without the epilogue) is layout-neutral: its tile's fastest axis follows the output's
+    contiguous one (C for channels_last, W for NCHW, where small planes pack several channels per tile); the
+    [N, 1, H, W] noise is read through zero channel strides in either layout;
+  - bias_act's gradient kernel is layout-neutral (a dense memory view), but copies a gradient whose layout
+    differs from the saved pre-activation's, so keep the whole network in one layout.
 
 `no_weight_gradients()` (NVIDIA's conv2d_gradfix API) skips the convolution's weight gradient while active.
 """

@@ -12,9 +12,13 @@ so that its users can switch with one import. For each channel:
 
 A 1-D filter is separable: it filters rows and columns with the same taps, each pass scaled by gain**0.5.
 The filter is a constant: it never gets a gradient (as in NVIDIA's op).
+
+`upfirdn2d_bias_act` (fusegan's own) is upfirdn2d followed by `+ noise` and bias_act, in the same single kernel:
+an optional epilogue before the store (a constexpr flag, so plain upfirdn2d calls compile none of it). It lets
+modulated_conv2d's up=2 layer run as two kernels: the transposed GEMM, then FIR + noise + bias + activation.
 """
 import numbers
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +27,9 @@ from torch import Tensor
 from ._dispatch import interpreter_active, resolve_impl
 from ._triton import compute_dtype, tl, triton
 from ._validate import check_finite_number, check_positive_int, check_same_device, check_tensor, is_channels_last, same_layout_empty
+# The epilogue's activation math, its fp64-exact scalar passing and its gradient are bias_act's own (imported, not
+# copied), so the fused FIR + bias_act computes exactly bias_act's math.
+from .bias_act import ACT_CODES, _act_fwd, _bias_act_grad_op, _bias_act_ref, _scalars, _split, resolve_act_args
 
 # ------------------------------------------------------------------------------------------------
 # Argument parsing and checks (shared by every entry point, all run before any launch).
@@ -142,7 +149,7 @@ def _upfirdn2d_ref(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
 
 
 # ------------------------------------------------------------------------------------------------
-# 2. Triton kernel.
+# 2. Triton kernels.
 #
 # One program computes a [BLOCK_C, BLOCK_H, BLOCK_W] tile of output pixels straight from the input. Output
 # pixel (oy, ox) reads the padded, upsampled image at rows oy*DOWNY + ky (ky < FH) and columns ox*DOWNX + kx.
@@ -154,16 +161,49 @@ def _upfirdn2d_ref(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
 # only the final address is a full tile, computed in int64 from the strides so any layout works without a copy.
 
 
+# The optional epilogue (only in `fusegan::upfirdn2d_bias_act`): before the single store, + noise (any
+# broadcastable strides, e.g. StyleGAN2's [N, 1, H, W]), + bias[c], activation * gain, clamp (bias_act's math).
+# In training it also stores pre = FIR + noise (before the bias): bias_act's gradient kernel needs the
+# pre-activation, exactly as bias_act's own backward reads its saved input.
+
+
+@triton.jit
+def _bias_act_epilogue(acc, noise_ptr, bias_ptr, pre_ptr, n, c, oy, ox, c_ok, y_offs, y_mask,
+                       snn, snc, snh, snw, alpha_hi, alpha_lo, gain_hi, gain_lo, clamp_hi, clamp_lo,
+                       HAS_NOISE: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HAS_CLAMP: tl.constexpr,
+                       SAVE_PRE: tl.constexpr, ACC: tl.constexpr):
+    """clamp(gain * act(acc + noise + bias)) for a [BLOCK_C, BLOCK_H, BLOCK_W] tile (storing acc + noise if asked)."""
+    if HAS_NOISE:
+        nz_offs = (n * snn + c.to(tl.int64)[:, None, None] * snc + oy.to(tl.int64)[None, :, None] * snh
+                   + ox.to(tl.int64)[None, None, :] * snw)
+        acc += tl.load(noise_ptr + nz_offs, mask=y_mask, other=0.0).to(ACC)
+    if SAVE_PRE:
+        tl.store(pre_ptr + y_offs, acc.to(pre_ptr.dtype.element_ty), mask=y_mask)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + c, mask=c_ok, other=0.0).to(ACC)[:, None, None]
+    alpha, gain, clamp = _scalars(alpha_hi, alpha_lo, gain_hi, gain_lo, clamp_hi, clamp_lo, ACC)
+    if ACT != 0:
+        acc = _act_fwd(acc, ACT, alpha)
+    acc = acc * gain
+    if HAS_CLAMP:  # as bias_act: NaN stays NaN
+        acc = tl.where(acc > clamp, clamp, tl.where(acc < -clamp, -clamp, acc))
+    return acc
+
+
 @triton.jit
 def _upfirdn2d_fwd_kernel(
-    x_ptr, f_ptr, y_ptr,
+    x_ptr, f_ptr, y_ptr, noise_ptr, bias_ptr, pre_ptr,
     C, IH, IW, OH, OW,
     sxn, sxc, sxh, sxw,
     syn, syc, syh, syw,
+    snn, snc, snh, snw,
     padx0, pady0,
+    alpha_hi, alpha_lo, gain_hi, gain_lo, clamp_hi, clamp_lo,
     UPX: tl.constexpr, UPY: tl.constexpr, DOWNX: tl.constexpr, DOWNY: tl.constexpr,
     FW: tl.constexpr, FH: tl.constexpr, TAPS_X: tl.constexpr, TAPS_Y: tl.constexpr,
     SEPARABLE: tl.constexpr, FLIP: tl.constexpr, ACC: tl.constexpr,
+    EPILOGUE: tl.constexpr, HAS_NOISE: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+    HAS_CLAMP: tl.constexpr, SAVE_PRE: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     pid_nc = tl.program_id(0)
@@ -210,6 +250,10 @@ def _upfirdn2d_fwd_kernel(
     y_offs = (n * syn + c.to(tl.int64)[:, None, None] * syc + oy.to(tl.int64)[None, :, None] * syh
               + ox.to(tl.int64)[None, None, :] * syw)
     y_mask = c_ok[:, None, None] & (oy < OH)[None, :, None] & (ox < OW)[None, None, :]
+    if EPILOGUE:  # constexpr: plain upfirdn2d calls compile none of this
+        acc = _bias_act_epilogue(acc, noise_ptr, bias_ptr, pre_ptr, n, c, oy, ox, c_ok, y_offs, y_mask,
+                                 snn, snc, snh, snw, alpha_hi, alpha_lo, gain_hi, gain_lo, clamp_hi, clamp_lo,
+                                 HAS_NOISE, HAS_BIAS, ACT, HAS_CLAMP, SAVE_PRE, ACC)
     tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=y_mask)
 
 
@@ -242,8 +286,11 @@ def _block_shape(y):
     return block_c, block_h, block_w
 
 
-def _upfirdn2d_triton(x, f, up, down, padding, flip_filter, gain):
-    """Allocates the output in x's layout and launches the fused kernel (arguments already checked)."""
+def _upfirdn2d_triton(x, f, up, down, padding, flip_filter, gain, epilogue=None):
+    """Allocates the output in x's layout and launches the fused kernel (arguments already checked).
+
+    Returns y, or with `epilogue` = dict(noise, bias, act, alpha, act_gain, clamp, save_pre) the pair (y, pre),
+    pre = FIR + noise laid out like y when save_pre, else empty."""
     upx, upy = up
     downx, downy = down
     padx0, padx1, pady0, pady1 = padding
@@ -252,24 +299,35 @@ def _upfirdn2d_triton(x, f, up, down, padding, flip_filter, gain):
     _, ow = _out_size(iw, upx, downx, padx0, padx1, fw)
     _, oh = _out_size(ih, upy, downy, pady0, pady1, fh)
     y = same_layout_empty((n, c, oh, ow), x)
+    epi = epilogue or {}
+    noise, bias, save_pre = epi.get("noise"), epi.get("bias"), bool(epi.get("save_pre"))
+    pre = torch.empty_like(y) if save_pre else y.new_empty(0)
     if y.numel() == 0:
-        return y
+        return (y, pre) if epilogue is not None else y
+    if noise is not None:
+        noise = noise.expand(n, c, oh, ow)  # broadcast through zero strides, no copy
+    clamp = epi.get("clamp")
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     # Gain folded into the taps, as NVIDIA's reference does: gain**0.5 per pass for a separable filter.
     taps = (f.to(acc_dtype) * (gain ** (f.ndim / 2))).contiguous()
     block_c, block_h, block_w = _block_shape(y)
     grid = (n * triton.cdiv(c, block_c), triton.cdiv(oh, block_h), triton.cdiv(ow, block_w))
     _upfirdn2d_fwd_kernel[grid](
-        x, taps, y,
+        # unused pointers get a real tensor (y), never an empty tensor's possibly-null pointer
+        x, taps, y, y if noise is None else noise, y if bias is None else bias.contiguous(), pre if save_pre else y,
         c, ih, iw, oh, ow,
-        *x.stride(), *y.stride(),
+        *x.stride(), *y.stride(), *(noise.stride() if noise is not None else (0, 0, 0, 0)),
         padx0, pady0,
+        *_split(float(epi.get("alpha", 0.0))), *_split(float(epi.get("act_gain", 1.0))),
+        *_split(float(clamp if clamp is not None else 0.0)),
         UPX=upx, UPY=upy, DOWNX=downx, DOWNY=downy,
         FW=fw, FH=fh, TAPS_X=triton.cdiv(fw, upx), TAPS_Y=triton.cdiv(fh, upy),
         SEPARABLE=f.ndim == 1, FLIP=bool(flip_filter), ACC=compute_dtype(x.dtype),
+        EPILOGUE=epilogue is not None, HAS_NOISE=noise is not None, HAS_BIAS=bias is not None,
+        ACT=ACT_CODES[epi.get("act", "linear")], HAS_CLAMP=clamp is not None, SAVE_PRE=save_pre,
         BLOCK_C=block_c, BLOCK_H=block_h, BLOCK_W=block_w,
     )
-    return y
+    return (y, pre) if epilogue is not None else y
 
 
 # ------------------------------------------------------------------------------------------------
@@ -284,12 +342,17 @@ def _upfirdn2d_op(
     return _upfirdn2d_triton(x, f, up, down, padding, flip_filter, gain)
 
 
-@_upfirdn2d_op.register_fake
-def _(x, f, up, down, padding, flip_filter, gain):
+def _fake_fir_out(x, f, up, down, padding):
+    """An empty output of the right shape and layout, as the launcher allocates it."""
     fw, fh = _filter_size(f)
     _, ow = _out_size(x.shape[3], up[0], down[0], padding[0], padding[1], fw)
     _, oh = _out_size(x.shape[2], up[1], down[1], padding[2], padding[3], fh)
     return same_layout_empty((x.shape[0], x.shape[1], oh, ow), x)
+
+
+@_upfirdn2d_op.register_fake
+def _(x, f, up, down, padding, flip_filter, gain):
+    return _fake_fir_out(x, f, up, down, padding)
 
 
 def _grad_padding(f, x_hw, dy_hw, up, down, padding):
@@ -326,6 +389,80 @@ def _backward(ctx, dy):
 _upfirdn2d_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+# FIR + noise + bias + activation. Backward: bias_act's gradient op on the saved pre-activation (dz, with db fused
+# into it), dnoise = the sum of dz over the broadcast dims, then dx = upfirdn2d's adjoint of dz. Every piece is a
+# fusegan op with its own autograd (or a plain torch reduction), so this backward is differentiable too.
+
+
+def _is_nonlinear(act, clamp):
+    """Whether the epilogue's gradient depends on the pre-activation (otherwise it is dy * act_gain)."""
+    return act != "linear" or clamp is not None
+
+
+@torch.library.custom_op("fusegan::upfirdn2d_bias_act", mutates_args=())
+def _upfirdn2d_bias_act_op(
+    x: Tensor, f: Tensor, noise: Optional[Tensor], bias: Optional[Tensor], up: List[int], down: List[int],
+    padding: List[int], flip_filter: bool, gain: float, act: str, alpha: float, act_gain: float,
+    clamp: Optional[float], save_pre: bool,
+) -> tuple[Tensor, Tensor]:
+    epilogue = dict(noise=noise, bias=bias, act=act, alpha=alpha, act_gain=act_gain, clamp=clamp, save_pre=save_pre)
+    return _upfirdn2d_triton(x, f, up, down, padding, flip_filter, gain, epilogue)
+
+
+@_upfirdn2d_bias_act_op.register_fake
+def _(x, f, noise, bias, up, down, padding, flip_filter, gain, act, alpha, act_gain, clamp, save_pre):
+    y = _fake_fir_out(x, f, up, down, padding)
+    return y, (torch.empty_like(y) if save_pre else y.new_empty(0))
+
+
+def _epilogue_setup_context(ctx, inputs, output):
+    x, f, noise, bias, up, down, padding, flip_filter, gain, act, alpha, act_gain, clamp, save_pre = inputs
+    ctx.set_materialize_grads(False)  # an unused output (pre) gets None, not a tensor of zeros
+    # Without a saved pre the backward recomputes it (one FIR pass), which needs x and the noise.
+    recompute = _is_nonlinear(act, clamp) and not save_pre
+    ctx.save_for_backward(f, x if recompute else None, noise if recompute else None, bias,
+                          output[1] if save_pre else None)
+    ctx.x_hw = (x.shape[2], x.shape[3])
+    ctx.noise_meta = None if noise is None else (noise.shape, noise.dtype)
+    ctx.fir = (list(up), list(down), list(padding), flip_filter, gain)
+    ctx.act = (act, alpha, act_gain, clamp)
+
+
+def _epilogue_backward(ctx, dy, dpre):
+    f, x, noise, bias, pre = ctx.saved_tensors
+    up, down, padding, flip_filter, gain = ctx.fir
+    act, alpha, act_gain, clamp = ctx.act
+    need_x, _, need_noise, need_bias = ctx.needs_input_grad[:4]
+    dz = db = None
+    if dy is not None:
+        if _is_nonlinear(act, clamp):
+            if pre is None:
+                pre = _upfirdn2d_bias_act_op(x, f, noise, None, up, down, padding, flip_filter, gain, "linear", 0.0,
+                                             1.0, None, False)[0]
+            need_db = bias is not None and need_bias
+            dz, db = _bias_act_grad_op(dy, pre, bias, 1, act, alpha, act_gain, -1.0 if clamp is None else clamp,
+                                       need_db)
+            db = db if need_db else None
+        else:
+            dz = dy if act_gain == 1 else dy * act_gain
+            if need_bias:
+                db = dz.sum(dim=(0, 2, 3)).to(bias.dtype)
+    if dpre is not None and dpre.numel() > 0:  # pre itself was used (double backward): it comes before the bias
+        dz = dpre if dz is None else dz + dpre
+    dx = dnoise = None
+    if dz is not None:
+        if need_noise:
+            shape, dtype = ctx.noise_meta
+            dnoise = dz.sum_to_size(shape).to(dtype)
+        if need_x:
+            p = _grad_padding(f, ctx.x_hw, (dz.shape[2], dz.shape[3]), up, down, padding)
+            dx = _upfirdn2d_op(dz, f, down, up, p, not flip_filter, gain)
+    return dx, None, dnoise, db, None, None, None, None, None, None, None, None, None, None
+
+
+_upfirdn2d_bias_act_op.register_autograd(_epilogue_backward, setup_context=_epilogue_setup_context)
+
+
 # ------------------------------------------------------------------------------------------------
 # 5. Public functions.
 
@@ -343,6 +480,61 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl=Non
     if impl == "ref":
         return _upfirdn2d_ref(x, f, up=list(up), down=list(down), padding=list(padding), flip_filter=bool(flip_filter), gain=gain)
     return _upfirdn2d_op(x, f, list(up), list(down), list(padding), bool(flip_filter), gain)
+
+
+def _check_epilogue_args(x, f, up, down, padding, noise, bias, act, alpha, act_gain, clamp):
+    """Checks noise/bias/activation against upfirdn2d's output shape; returns (alpha, act_gain, clamp)."""
+    fw, fh = _filter_size(f)
+    out_shape = (x.shape[0], x.shape[1], _out_size(x.shape[2], up[1], down[1], padding[2], padding[3], fh)[1],
+                 _out_size(x.shape[3], up[0], down[0], padding[0], padding[1], fw)[1])
+    if noise is not None:
+        check_tensor(noise, "noise")
+        check_same_device(x, "x", noise, "noise")
+        try:
+            ok = noise.ndim <= 4 and torch.broadcast_shapes(noise.shape, out_shape) == out_shape
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"noise of shape {list(noise.shape)} does not broadcast to the output shape {list(out_shape)}")
+    if bias is not None:
+        check_tensor(bias, "bias", ndim=1)
+        check_same_device(x, "x", bias, "bias")
+        if bias.shape[0] != x.shape[1]:
+            raise ValueError(f"bias has length {bias.shape[0]} but x has {x.shape[1]} channels")
+    act_gain = check_finite_number(act_gain, "act_gain")
+    return resolve_act_args(act, alpha, act_gain, clamp)
+
+
+def upfirdn2d_bias_act(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, noise=None, bias=None,
+                       act="linear", alpha=None, act_gain=None, clamp=None, impl=None):
+    """upfirdn2d followed by `+ noise`, then bias_act, in ONE pass on the Triton path:
+
+        y = clamp(act_gain * act(upfirdn2d(x, f, up, down, padding, flip_filter, gain) + noise + bias[c]))
+
+    noise: None or a tensor broadcastable to the output [N, C, OH, OW] (StyleGAN2: [N, 1, OH, OW], already scaled
+    by its strength). bias: None or [C]. act, alpha, act_gain, clamp: bias_act's act, alpha, gain, clamp (same
+    defaults; clamp None or < 0 disables it). The rest is upfirdn2d's. Returns [N, C, OH, OW] in x's layout.
+    Without noise, bias, activation, gain or clamp this is exactly `upfirdn2d` (the plain kernel runs).
+    """
+    f, up, down, padding, gain = _check_args(x, f, up, down, padding, gain)
+    alpha, act_gain, clamp = _check_epilogue_args(x, f, up, down, padding, noise, bias, act, alpha, act_gain, clamp)
+    impl = resolve_impl(impl, x.device)
+    fir_args = (list(up), list(down), list(padding), bool(flip_filter), gain)
+    if impl == "ref":
+        y = _upfirdn2d_ref(x, f, *fir_args)
+        if noise is not None:
+            y = y + noise.to(y.dtype)
+        if bias is not None or act != "linear" or act_gain != 1 or clamp is not None:
+            y = _bias_act_ref(y, None if bias is None else bias.to(y.dtype), 1, act, alpha, act_gain,
+                              -1.0 if clamp is None else clamp)
+        return y
+    if noise is None and bias is None and act == "linear" and act_gain == 1 and clamp is None:
+        return _upfirdn2d_op(x, f, *fir_args)
+    # In training, keep the pre-activation for the backward (one extra write) instead of recomputing it there.
+    save_pre = _is_nonlinear(act, clamp) and torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, noise, bias))
+    y, _ = _upfirdn2d_bias_act_op(x, f, noise, bias, *fir_args, act, alpha, act_gain, clamp, save_pre)
+    return y
 
 
 def setup_filter(f, device=torch.device("cpu"), normalize=True, flip_filter=False, gain=1, separable=None):

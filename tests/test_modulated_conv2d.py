@@ -198,15 +198,15 @@ def test_fp16_prenormalization_keeps_the_result():
 # ------------------------------------------------------------------------------------------------------------
 # Gradients (float64, tiny shapes: the interpreter is slow)
 
-GRAD_CASES = [  # (up, down, k, demodulate, noise, bias, act): every mode, each epilogue piece somewhere
-    (1, 1, 3, True, True, True, "lrelu"),
-    (1, 1, 3, False, False, False, "linear"),
-    (1, 1, 1, False, False, True, "linear"),  # ToRGB
-    (1, 1, 3, True, False, True, "swish"),  # smooth activation: needs bias_act's f'' term
-    (2, 1, 3, True, True, True, "lrelu"),
-    (2, 1, 1, False, False, False, "linear"),
-    (1, 2, 3, True, True, False, "linear"),
-    (1, 2, 1, False, False, True, "lrelu"),
+GRAD_CASES = [  # (up, down, k, demodulate, noise, bias, act, clamp): every mode, each epilogue piece somewhere
+    (1, 1, 3, True, True, True, "lrelu", None),
+    (1, 1, 3, False, False, False, "linear", None),
+    (1, 1, 1, False, False, True, "linear", None),  # ToRGB
+    (1, 1, 3, True, False, True, "swish", None),  # smooth activation: needs bias_act's f'' term
+    (2, 1, 3, True, True, True, "lrelu", 0.75),  # the StyleGAN2 up layer: GEMM, then FIR + noise + bias + act + clamp
+    (2, 1, 1, False, False, False, "linear", None),
+    (1, 2, 3, True, True, False, "linear", None),
+    (1, 2, 1, False, False, True, "lrelu", None),
 ]
 
 
@@ -222,22 +222,25 @@ def _grad_inputs(up, down, k, noise, bias, device, n=1):
     return [a.requires_grad_() for a in args], f
 
 
-def _fn(up, down, k, demod, noise, bias, act, f, impl):
+def _fn(up, down, k, demod, noise, bias, act, f, impl, clamp=None):
     def fn(x, w, s, *rest):
         rest = list(rest)
         nz = rest.pop(0) if noise else None
         b = rest.pop(0) if bias else None
         return modulated_conv2d(x, w, s, noise=nz, up=up, down=down, padding=k // 2, resample_filter=f,
-                                demodulate=demod, bias=b, act=act, clamp=None, impl=impl)
+                                demodulate=demod, bias=b, act=act, clamp=clamp, impl=impl)
     return fn
 
 
 @pytest.mark.parametrize("impl", ["ref", "triton"])
-@pytest.mark.parametrize("case", GRAD_CASES, ids=lambda c: "up{}_down{}_k{}_demod{}_noise{}_bias{}_{}".format(*c))
+@pytest.mark.parametrize("case", GRAD_CASES, ids=lambda c: "up{}_down{}_k{}_demod{}_noise{}_bias{}_{}_clamp{}".format(*c))
 def test_gradcheck_and_gradgradcheck(case, impl, device):
-    up, down, k, demod, noise, bias, act = case
+    up, down, k, demod, noise, bias, act, clamp = case
     args, f = _grad_inputs(up, down, k, noise, bias, device)
-    fn = _fn(up, down, k, demod, noise, bias, act, f, impl)
+    fn = _fn(up, down, k, demod, noise, bias, act, f, impl, clamp)
+    if clamp is not None:  # the clamp must bite on some outputs, not all (else it tests nothing, or only zeros)
+        y = fn(*args).detach()
+        assert 0 < (y.abs() >= clamp).sum() < y.numel()
     # fast_mode checks random projections of the Jacobians: far fewer runs (the interpreter is slow)
     assert gradcheck(fn, args, fast_mode=True)
     assert gradgradcheck(fn, args, fast_mode=True)
@@ -291,6 +294,49 @@ def test_no_weight_gradients(impl, device):
     torch.testing.assert_close(gx, gx_full, **FP64_TOL)
     gw_again = torch.autograd.grad(y, [w], gy)[0]  # the context restored the flag
     torch.testing.assert_close(gw_again, gw_full, **FP64_TOL)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Kernel launches per layer (the point of the fusion): counted at Triton's launch entry point, kernel[grid](...),
+# which both the GPU JIT and the CPU interpreter go through.
+
+@pytest.fixture
+def launches(monkeypatch):
+    from triton.runtime.jit import KernelInterface
+
+    seen, getitem = [], KernelInterface.__getitem__
+
+    def spy(kernel, grid):
+        seen.append(getattr(kernel, "__name__", None) or kernel.fn.__name__)
+        return getitem(kernel, grid)
+
+    monkeypatch.setattr(KernelInterface, "__getitem__", spy)
+    return seen
+
+
+@pytest.mark.parametrize("up,down,forward,backward", [
+    (1, 1, ["_conv_fwd_kernel"], ["_bias_act_bwd_kernel", "_conv_fwd_kernel", "_conv_wgrad_kernel"]),
+    (1, 2, ["_upfirdn2d_fwd_kernel", "_conv_fwd_kernel"],
+     ["_bias_act_bwd_kernel", "_conv_fwd_kernel", "_conv_wgrad_kernel", "_upfirdn2d_fwd_kernel"]),
+    # up=2: the transposed GEMM (style prologue, demodulation epilogue), then ONE FIR pass that also adds the noise
+    # and the bias and applies the activation; backward: the activation's gradient (+ db), the FIR adjoint, dX, dW.
+    (2, 1, ["_conv_fwd_kernel", "_upfirdn2d_fwd_kernel"],
+     ["_bias_act_bwd_kernel", "_upfirdn2d_fwd_kernel", "_conv_fwd_kernel", "_conv_wgrad_kernel"]),
+])
+def test_triton_launches_per_layer(up, down, forward, backward, launches, device):
+    x, w, s = _inputs(n=2, i=3, o=4, h=4, w=4, device=device)
+    x = x.to(memory_format=torch.channels_last).requires_grad_()
+    w.requires_grad_()
+    s.requires_grad_()
+    nz = torch.randn(2, 1, 4 * up // down, 4 * up // down, device=device, requires_grad=True)
+    b = torch.randn(4, device=device, requires_grad=True)
+    y = modulated_conv2d(x, w, s, noise=nz, up=up, down=down, padding=1, resample_filter=FILTER.to(device), bias=b,
+                         act="lrelu", clamp=256.0, impl="triton")
+    assert sorted(launches) == sorted(forward)
+    launches.clear()
+    y.backward(torch.randn_like(y))
+    assert sorted(launches) == sorted(backward)
+    assert all(t.grad is not None for t in (x, w, s, nz, b))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -358,13 +404,17 @@ def test_opcheck_custom_ops(device):
                                              x, d, s, 1, 1, 1, 3, 3))
 
 
-def test_torch_compile_fullgraph_aot_eager(device):
+@pytest.mark.parametrize("up", [1, 2])
+def test_torch_compile_fullgraph_aot_eager(up, device):
+    # A fresh Dynamo cache: otherwise the second parametrization recompiles `layer` with `up` as a symbolic int.
+    torch._dynamo.reset()
     x, w, s = _inputs(n=1, i=2, o=2, h=4, w=4, device=device)
-    nz, b = torch.randn(1, 1, 4, 4), torch.randn(2)
+    nz, b = torch.randn(1, 1, 4 * up, 4 * up), torch.randn(2)
     x.requires_grad_()
 
     def layer(x, w, s, nz, b):
-        return modulated_conv2d(x, w, s, noise=nz, padding=1, bias=b, act="lrelu", impl="triton")
+        return modulated_conv2d(x, w, s, noise=nz, up=up, padding=1, resample_filter=FILTER.to(device), bias=b,
+                                act="lrelu", clamp=1.0, impl="triton")
 
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
     y = compiled(x, w, s, nz, b)

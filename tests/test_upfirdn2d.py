@@ -8,7 +8,9 @@ import torch.nn.functional as F
 
 # The package exports the function `upfirdn2d`, which shadows the module of the same name as an attribute.
 mod = importlib.import_module("fusegan.kernels.upfirdn2d")
-from fusegan.kernels.upfirdn2d import _upfirdn2d_op, _upfirdn2d_ref, downsample2d, filter2d, setup_filter, upfirdn2d, upsample2d
+from fusegan.kernels.bias_act import bias_act
+from fusegan.kernels.upfirdn2d import (_upfirdn2d_bias_act_op, _upfirdn2d_op, _upfirdn2d_ref, downsample2d, filter2d, setup_filter,
+                                       upfirdn2d, upfirdn2d_bias_act, upsample2d)
 
 # Triton vs reference, per dtype. Both sum the same few products in fp32/fp64; only the order differs.
 TOL = {torch.float64: dict(atol=1e-12, rtol=1e-12), torch.float32: dict(atol=1e-5, rtol=1e-5)}
@@ -448,6 +450,189 @@ def test_opcheck(device, layout):
 
 
 # ------------------------------------------------------------------------------------------------
+# Fused epilogue: upfirdn2d_bias_act = upfirdn2d, + noise, then bias_act, in one kernel.
+
+# (up, down, padding, taps, flip, gain, input hw): StyleGAN2's up=2 FIR (gain 4) on odd sizes, and a separable
+# non-symmetric downsampling FIR with correlation.
+EPI_FIR_CASES = [
+    (2, 1, [2, 1, 2, 1], [1.0, 3.0, 3.0, 1.0], False, 4.0, (5, 7)),
+    (1, 2, [1, 2, 2, 1], NONSYM_1D, True, 1.5, (7, 6)),
+]
+# (noise, bias, act, alpha, act_gain, clamp): noise is None, "n1hw" (StyleGAN2's per-pixel noise) or "nchw"
+EPI_SPECS = {
+    "noise_only": ("n1hw", False, "linear", None, None, None),
+    "bias_lrelu": (None, True, "lrelu", None, None, None),
+    "stylegan_layer": ("n1hw", True, "lrelu", 0.2, 2 ** 0.5, 0.6),
+    "full_noise_linear_clamp": ("nchw", False, "linear", None, 1.7, 0.5),
+}
+
+
+def _epi_inputs(case, spec, dtype, layout, device, requires_grad=False):
+    up, down, padding, taps, flip, gain, hw = case
+    noise_kind, has_bias, act, alpha, act_gain, clamp = spec
+    x = torch.randn(2, 3, *hw, dtype=dtype, device=device).to(memory_format=layout)
+    f = _filter(taps, dtype).to(device)
+    oh, ow = upfirdn2d(x, f, up, down, padding, flip, gain, impl="ref").shape[2:]
+    noise = None if noise_kind is None else torch.randn(2, 1 if noise_kind == "n1hw" else 3, oh, ow, dtype=dtype, device=device)
+    bias = torch.randn(3, dtype=dtype, device=device) if has_bias else None
+    fir = dict(up=up, down=down, padding=padding, flip_filter=flip, gain=gain)
+    epi = dict(noise=noise, bias=bias, act=act, alpha=alpha, act_gain=act_gain, clamp=clamp)
+    if requires_grad:
+        for t in (x, noise, bias):
+            if t is not None:
+                t.requires_grad_()
+    return x, f, fir, epi
+
+
+def _fir_then_bias_act(x, f, fir, epi, impl):
+    """The unfused composition: upfirdn2d, + noise, then bias_act (NVIDIA's order of operations)."""
+    y = upfirdn2d(x, f, **fir, impl=impl)
+    if epi["noise"] is not None:
+        y = y + epi["noise"]
+    return bias_act(y, epi["bias"], act=epi["act"], alpha=epi["alpha"], gain=epi["act_gain"], clamp=epi["clamp"], impl=impl)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("spec", sorted(EPI_SPECS))
+@pytest.mark.parametrize("case", EPI_FIR_CASES, ids=["up2", "down2_separable"])
+def test_fused_epilogue_matches_upfirdn2d_then_bias_act(device, case, spec, dtype, layout):
+    x, f, fir, epi = _epi_inputs(case, EPI_SPECS[spec], dtype, layout, device)
+    want = _fir_then_bias_act(x, f, fir, epi, impl="ref")
+    for impl in ("triton", "ref"):
+        got = upfirdn2d_bias_act(x, f, **fir, **epi, impl=impl)
+        assert got.dtype == dtype and got.is_contiguous(memory_format=layout)
+        torch.testing.assert_close(got, want, **TOL[dtype])
+    if epi["clamp"] is not None:  # the clamp must be doing something here, on some outputs only
+        assert 0 < (want.abs() == epi["clamp"]).sum() < want.numel()
+
+
+def test_fused_epilogue_matches_the_triton_composition(device):
+    # Also against the unfused Triton kernels (upfirdn2d's, then bias_act's) on the same inputs.
+    x, f, fir, epi = _epi_inputs(EPI_FIR_CASES[0], EPI_SPECS["stylegan_layer"], torch.float32, torch.channels_last, device)
+    torch.testing.assert_close(upfirdn2d_bias_act(x, f, **fir, **epi, impl="triton"), _fir_then_bias_act(x, f, fir, epi, "triton"),
+                               **TOL[torch.float32])
+
+
+def test_fused_epilogue_noise_broadcast_shapes(device):
+    # Any noise broadcastable to the output works (zero strides in the kernel): [OH, OW], [1, C, 1, OW], [N, 1, 1, 1].
+    x, f, fir, _ = _epi_inputs(EPI_FIR_CASES[0], EPI_SPECS["noise_only"], torch.float64, torch.contiguous_format, device)
+    oh, ow = upfirdn2d(x, f, **fir, impl="ref").shape[2:]
+    for shape in [(oh, ow), (1, 3, 1, ow), (2, 1, 1, 1)]:
+        nz = torch.randn(shape, dtype=torch.float64, device=device)
+        got = upfirdn2d_bias_act(x, f, **fir, noise=nz, act="lrelu", impl="triton")
+        want = bias_act(upfirdn2d(x, f, **fir, impl="ref") + nz, act="lrelu", impl="ref")
+        torch.testing.assert_close(got, want, **TOL[torch.float64])
+
+
+def _launches(monkeypatch):
+    """Records (kernel name, constexpr EPILOGUE) for every Triton launch."""
+    from triton.runtime.jit import KernelInterface
+
+    seen, getitem = [], KernelInterface.__getitem__
+
+    def spy(kernel, grid):
+        launch = getitem(kernel, grid)
+
+        def run(*args, **kwargs):
+            seen.append((getattr(kernel, "__name__", None) or kernel.fn.__name__, kwargs.get("EPILOGUE")))
+            return launch(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(KernelInterface, "__getitem__", spy)
+    return seen
+
+
+def test_plain_calls_compile_the_epilogue_out(device, monkeypatch):
+    x, f, fir, epi = _epi_inputs(EPI_FIR_CASES[0], EPI_SPECS["stylegan_layer"], torch.float32, torch.contiguous_format, device)
+    seen = _launches(monkeypatch)
+    plain = upfirdn2d(x, f, **fir, impl="triton")
+    no_epilogue = upfirdn2d_bias_act(x, f, **fir, impl="triton")  # nothing to fuse: the plain kernel
+    fused = upfirdn2d_bias_act(x, f, **fir, **epi, impl="triton")
+    assert seen == [("_upfirdn2d_fwd_kernel", False), ("_upfirdn2d_fwd_kernel", False), ("_upfirdn2d_fwd_kernel", True)]
+    assert torch.equal(plain, no_epilogue) and not torch.equal(plain, fused)
+
+
+@pytest.mark.parametrize("impl, spec", [("triton", "stylegan_layer"), ("triton", "swish_noise_bias"), ("ref", "stylegan_layer")])
+def test_fused_epilogue_gradcheck_and_gradgradcheck(device, impl, spec):
+    specs = dict(EPI_SPECS, swish_noise_bias=("n1hw", True, "swish", None, 0.9, None))  # smooth: f'' is used
+    x, f, fir, epi = _epi_inputs(EPI_FIR_CASES[0], specs[spec], torch.float64, torch.contiguous_format, device,
+                                 requires_grad=True)
+    x = x[:1, :2, :3, :4].detach().requires_grad_()  # tiny: the interpreter is slow
+    oh, ow = upfirdn2d(x, f, **fir, impl="ref").shape[2:]
+    nz = epi["noise"][:1, :, :oh, :ow].detach().requires_grad_()
+    b = epi["bias"][:2].detach().requires_grad_()
+    kw = dict(act=epi["act"], alpha=epi["alpha"], act_gain=epi["act_gain"], clamp=epi["clamp"], impl=impl)
+    fn = lambda x, nz, b: upfirdn2d_bias_act(x, f, **fir, noise=nz, bias=b, **kw)  # noqa: E731
+    # Random projections of the Jacobians (fast_mode): the full ones over x, noise and bias take too many runs.
+    assert torch.autograd.gradcheck(fn, (x, nz, b), fast_mode=True)
+    assert torch.autograd.gradgradcheck(fn, (x, nz, b), fast_mode=True)
+
+
+def test_fused_op_recomputes_the_pre_activation_when_not_saved(device):
+    # save_pre=False (e.g. a forward run without grad, differentiated later through the op): the backward
+    # recomputes FIR + noise itself; the gradients must be the same, to first and second order.
+    x = torch.randn(1, 2, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
+    f = setup_filter([1, 3, 3, 1], device=device).double()
+    nz = torch.randn(1, 1, 6, 8, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, device=device, requires_grad=True)
+
+    def fn(save_pre):
+        return lambda x, nz, b: _upfirdn2d_bias_act_op(x, f, nz, b, [2, 2], [1, 1], [2, 1, 2, 1], False, 4.0, "swish", 0.0,
+                                                       1.3, 0.8, save_pre)[0]
+
+    assert torch.autograd.gradgradcheck(fn(False), (x, nz, b), fast_mode=True)
+    g = torch.randn(1, 2, 6, 8, dtype=torch.float64, device=device)
+    for got, want in zip(torch.autograd.grad(fn(False)(x, nz, b), (x, nz, b), g), torch.autograd.grad(fn(True)(x, nz, b), (x, nz, b), g)):
+        torch.testing.assert_close(got, want, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(noise=torch.randn(1, 1, 4, 4)), ValueError, r"noise of shape \[1, 1, 4, 4\] does not broadcast to the output shape \[1, 2, 8, 8\]"),
+        (dict(noise=torch.ones(1, 1, 8, 8, dtype=torch.int32)), TypeError, r"noise must have dtype"),
+        (dict(bias=torch.randn(3)), ValueError, r"bias has length 3 but x has 2 channels"),
+        (dict(bias=torch.randn(2, 1)), ValueError, r"bias must be 1-D"),
+        (dict(act="nope"), ValueError, r"act must be one of"),
+        (dict(act_gain=float("inf")), TypeError, r"act_gain must be a finite number"),
+        (dict(clamp="1"), TypeError, r"clamp must be a finite number"),
+    ],
+)
+def test_fused_epilogue_bad_input(calls, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        upfirdn2d_bias_act(X, F1, up=2, padding=[2, 1, 2, 1], gain=4, impl="triton", **kwargs)
+    assert calls == []  # nothing launched
+
+
+def test_fused_epilogue_compile_aot_eager_fullgraph_triton(device):
+    f = setup_filter([1, 3, 3, 1], device=device)
+    nz, b = torch.randn(1, 1, 10, 12, device=device), torch.randn(2, device=device)
+
+    def fn(x):
+        return upfirdn2d_bias_act(x, f, up=2, padding=[2, 1, 2, 1], gain=4, noise=nz, bias=b, act="lrelu", clamp=1.0,
+                                  impl="triton").square().sum()
+
+    x = torch.randn(1, 2, 5, 6, device=device, requires_grad=True)
+    loss = torch.compile(fn, fullgraph=True, backend="aot_eager")(x)
+    (grad,) = torch.autograd.grad(loss, x)
+    loss_ref = fn(x)
+    (grad_ref,) = torch.autograd.grad(loss_ref, x)
+    torch.testing.assert_close(loss, loss_ref, **TOL[torch.float32])
+    torch.testing.assert_close(grad, grad_ref, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("save_pre", [False, True])
+def test_opcheck_fused_epilogue(device, save_pre):
+    x = torch.randn(1, 3, 4, 5, dtype=torch.float64, device=device).to(memory_format=torch.channels_last).requires_grad_()
+    f = _filter(NONSYM_2D, torch.float64).to(device)
+    nz = torch.randn(1, 1, 2, 10, dtype=torch.float64, device=device, requires_grad=True)  # the output is 2x10
+    b = torch.randn(3, dtype=torch.float64, device=device, requires_grad=True)
+    torch.library.opcheck(_upfirdn2d_bias_act_op, (x, f, nz, b, [2, 1], [1, 2], [2, 1, 0, 1], False, 1.5, "lrelu", 0.2,
+                                                   1.4, 0.9, save_pre))
+
+
+# ------------------------------------------------------------------------------------------------
 # GPU only.
 
 
@@ -462,6 +647,23 @@ def test_gpu_low_precision_matches_fp32_reference(dtype, layout, up, down, paddi
     assert y.dtype == dtype and y.is_contiguous(memory_format=layout)
     # Inputs rounded to dtype first: compare against the reference of the rounded input, in fp32.
     expected = upfirdn2d(x.to(dtype).float(), f, up, down, padding, gain=1.5, impl="ref")
+    torch.testing.assert_close(y.float(), expected, **LOW_TOL[dtype])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_gpu_fused_epilogue_low_precision_matches_fp32_reference(dtype, layout):
+    # StyleGAN2's up layer shape class: up=2 FIR (gain 4) + [N, 1, H, W] noise + bias + lrelu + clamp 256.
+    x = torch.randn(4, 96, 33, 40, device="cuda").to(memory_format=layout)
+    f = setup_filter([1, 3, 3, 1], device="cuda")
+    nz, b = torch.randn(4, 1, 66, 80, device="cuda"), torch.randn(96, device="cuda")
+    epi = dict(up=2, padding=[2, 1, 2, 1], gain=4, act="lrelu", clamp=256.0)
+    y = upfirdn2d_bias_act(x.to(dtype), f, noise=nz.to(dtype), bias=b.to(dtype), **epi, impl="triton")
+    assert y.dtype == dtype and y.is_contiguous(memory_format=layout)
+    # Inputs rounded to dtype first: compare against the reference of the rounded inputs, in fp32.
+    expected = upfirdn2d_bias_act(x.to(dtype).float(), f, noise=nz.to(dtype).float(), bias=b.to(dtype).float(), **epi,
+                                  impl="ref")
     torch.testing.assert_close(y.float(), expected, **LOW_TOL[dtype])
 
 
