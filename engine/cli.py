@@ -75,6 +75,15 @@ def cmd_convert(args) -> int:
     return 0
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" only where there is a default worth showing (not None, False or already said)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad option is one line on stderr (with a pointer to --help), not usage plus error."""
 
@@ -93,7 +102,7 @@ def _train_parser(recipe_name=None):
         description="Train a recipe. With no options: DCGAN on the built-in digits (a few minutes on 2 CPU cores), "
         "writing sample grids, stats.jsonl and checkpoints under runs/. `fusegan train --recipe NAME --help` "
         "lists that recipe's own options.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_DefaultsFormatter)
     g = p.add_argument_group("what to train")
     g.add_argument("--recipe", choices=RECIPES, default=d.recipe, help="training recipe")
     g.add_argument("--data", default=None, help="'digits', 'faces', an image folder or a dataset .zip "
