@@ -125,16 +125,23 @@ class Trainer:
         self.cfg = cfg
         self.dist = init_from_env("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
         self.device = pick_device(cfg.device, self.dist.local_rank)
-        self.recipe_cls = get_recipe(cfg.recipe)
-        self._apply_defaults()
-        self.resume_dir = find_resume_dir(cfg)
+        # An explicit --resume DIR needs nothing from the command line to find its run; 'auto' matches runs by the
+        # (defaulted) recipe and data.
+        self.resume_dir = find_resume_dir(cfg) if cfg.resume not in (None, "auto") else None
+        if self.resume_dir is None:
+            self.recipe_cls = get_recipe(cfg.recipe)
+            self._apply_defaults()
+            self.resume_dir = find_resume_dir(cfg) if cfg.resume == "auto" else None
         resumed_state = None
         if self.resume_dir is not None:
             weights, state_path = ckpt.find_latest(self.resume_dir)
             resumed_state = ckpt.load_state(state_path)
-            self._adopt_saved_config(resumed_state["config"])
+            self._adopt_saved_config(resumed_state["config"])  # replaces self.cfg
+            self.recipe_cls = get_recipe(self.cfg.recipe)
+            self._apply_defaults()  # its checks, against this invocation's process count
             self.run_dir = self.resume_dir
-        else:
+        cfg = self.cfg
+        if self.resume_dir is None:
             self.run_dir = Path(cfg.run_dir) if cfg.run_dir else next_run_dir(cfg.out, cfg.recipe, cfg.data)
         self._seed()
         self.precision = Precision(cfg.precision, self.device)

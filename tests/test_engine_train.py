@@ -55,7 +55,10 @@ def test_resume_is_bit_exact(tmp_path, options):
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(tiny_config(straight, steps=7, **options))
     train(tiny_config(split, steps=3, **options))
-    summary = train(tiny_config(tmp_path / "ignored", steps=7, resume=str(split), **options))
+    # What is trained comes from the checkpoint: a different seed or width on the resuming command line is ignored.
+    resumed = tiny_config(tmp_path / "ignored", steps=7, resume=str(split), **options)
+    resumed.seed, resumed.recipe_options = 5, dict(TINY_DCGAN, ngf=16)
+    summary = train(resumed)
     assert summary["run_dir"] == str(split) and summary["steps"] == 7
     assert_same_run(straight, split)
 
