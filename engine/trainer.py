@@ -230,26 +230,29 @@ class Trainer:
 
     # ---- batches -------------------------------------------------------------------------------------------
     def _prepare(self, batch):
-        """uint8 images -> float in [-1, 1], x-flip, memory format; labels and other tensors pass through."""
-        images = [i for i, t in enumerate(batch) if t.dtype == torch.uint8]
-        out = list(batch)
+        """A training batch as the recipe takes it (see _inputs)."""
+        return self._inputs(batch, augment=True)
+
+    def _inputs(self, batch, augment):
+        """uint8 images -> float in [-1, 1] on the device, x-flip (when augmenting), memory format; labels and
+        other tensors pass through."""
+        out = [t.to(self.device, non_blocking=True) for t in batch]
+        images = [i for i, t in enumerate(out) if t.dtype == torch.uint8]
         for i in images:
-            out[i] = to_float(out[i].to(self.device, non_blocking=True))
-        if self.cfg.xflip and images:
+            out[i] = to_float(out[i])
+        if augment and self.cfg.xflip and images:
             flipped = random_xflip([out[i] for i in images], generator=self.aug_generator)  # same flip for A, B
             for i, t in zip(images, flipped):
                 out[i] = t
         for i in images:
             out[i] = out[i].contiguous(memory_format=self.ctx.memory_format)
-        return tuple(t.to(self.device) for t in out)
+        return tuple(out)
 
     def _reference_batch(self):
+        """The dataset's first items as one batch, prepared like training batches but never flipped."""
         n = min(REFERENCE_BATCH, len(self.dataset))
-        items = [self.dataset[i] for i in range(n)]
-        batch = tuple(torch.stack([torch.as_tensor(item[k]) for item in items]) for k in range(len(items[0])))
-        images = [i for i, t in enumerate(batch) if t.dtype == torch.uint8]
-        return tuple(to_float(t.to(self.device)).contiguous(memory_format=self.ctx.memory_format)
-                     if i in images else t.to(self.device) for i, t in enumerate(batch))
+        batch = torch.utils.data.default_collate([self.dataset[i] for i in range(n)])
+        return self._inputs(batch, augment=False)
 
     # ---- outputs -------------------------------------------------------------------------------------------
     def snapshot(self, stats):
