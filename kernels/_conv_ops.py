@@ -11,7 +11,8 @@ Two ops, closed under differentiation (so gradients of any order run on the same
 Backward of conv2d_fused (gy):
   gpre = bias_act's gradient (the activation/gain/clamp part; gy * gain when linear)
   gnoise, gbias = sums of gpre;  gx = in_scale * conv^T(out_scale * gpre, w)  (conv2d_fused, transposed flag flipped)
-  gw = conv2d_wgrad;  gin_scale / gout_scale = per-sample spatial sums of x*(conv^T ...) and gpre*(conv ...).
+  gw = conv2d_wgrad;  gin_scale = sum_p x * conv^T(...), from the epilogue of the same dX GEMM (`conv2d_fused_dot`);
+  gout_scale = sum_p gpre * conv (conv saved by the forward, or recomputed once).
 Backward of conv2d_wgrad: two conv2d_fused calls. Everything in both backwards is a fusegan op or a plain
 differentiable torch op, so the backward is itself differentiable (gradgradcheck, path-length regularization).
 """
@@ -56,22 +57,34 @@ def _layout_of(x):
 
 @torch.library.custom_op("fusegan::conv2d_fused", mutates_args=())
 def _conv2d_fused_op(x: Tensor, w: Tensor, in_scale: Optional[Tensor], out_scale: Optional[Tensor],
-                     noise: Optional[Tensor], bias: Optional[Tensor], stride: int, pad_y: int, pad_x: int,
-                     out_h: int, out_w: int, transposed: bool, act: str, alpha: float, gain: float,
-                     clamp: Optional[float], save_conv: bool) -> tuple[Tensor, Tensor]:
+                     noise: Optional[Tensor], bias: Optional[Tensor], aux: Optional[Tensor], stride: int,
+                     pad_y: int, pad_x: int, out_h: int, out_w: int, transposed: bool, act: str, alpha: float,
+                     gain: float, clamp: Optional[float], save_conv: bool) -> tuple[Tensor, Tensor, Tensor]:
     if noise is not None:
         noise = noise.expand(x.shape[0], w.shape[0], out_h, out_w)
-    return _ig.conv_fwd_triton(x, w, in_scale, out_scale, noise, bias, stride=stride, pad_y=pad_y, pad_x=pad_x,
-                               out_h=out_h, out_w=out_w, transposed=transposed, act=act, alpha=alpha, gain=gain,
-                               clamp=clamp, save_conv=save_conv)
+    return _ig.conv_fwd_triton(x, w, in_scale, out_scale, noise, bias, aux, stride=stride, pad_y=pad_y,
+                               pad_x=pad_x, out_h=out_h, out_w=out_w, transposed=transposed, act=act, alpha=alpha,
+                               gain=gain, clamp=clamp, save_conv=save_conv)
+
+
+def _dot_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @_conv2d_fused_op.register_fake
-def _(x, w, in_scale, out_scale, noise, bias, stride, pad_y, pad_x, out_h, out_w, transposed, act, alpha, gain,
+def _(x, w, in_scale, out_scale, noise, bias, aux, stride, pad_y, pad_x, out_h, out_w, transposed, act, alpha, gain,
       clamp, save_conv):
     y = torch.empty((x.shape[0], w.shape[0], out_h, out_w), dtype=x.dtype, device=x.device,
                     memory_format=_layout_of(x))
-    return y, (torch.empty_like(y) if save_conv else y.new_empty(0))
+    dot = x.new_empty((x.shape[0], w.shape[0]) if aux is not None else (0,), dtype=_dot_dtype(x.dtype))
+    return y, (torch.empty_like(y) if save_conv else y.new_empty(0)), dot
+
+
+def _fused_args(x, w, in_scale, out_scale, noise, bias, aux, stride, pad_y, pad_x, out_h, out_w, transposed, act,
+                alpha, gain, clamp, save_conv):
+    return (x, w, in_scale, out_scale, noise, bias, aux, int(stride), int(pad_y), int(pad_x), int(out_h),
+            int(out_w), bool(transposed), act, float(alpha), float(gain), None if clamp is None else float(clamp),
+            bool(save_conv))
 
 
 def conv2d_fused(x, w, in_scale=None, out_scale=None, noise=None, bias=None, *, stride=1, pad_y=0, pad_x=0,
@@ -81,10 +94,18 @@ def conv2d_fused(x, w, in_scale=None, out_scale=None, noise=None, bias=None, *, 
     Returns y. With save_conv=True the kernel also stores the raw conv output (one extra write) and keeps it for
     the backward, which then needs no recomputation GEMM (worth it in training when the epilogue is nonlinear
     or out_scale needs a gradient)."""
-    y, _ = _conv2d_fused_op(x, w, in_scale, out_scale, noise, bias, int(stride), int(pad_y), int(pad_x),
-                            int(out_h), int(out_w), bool(transposed), act, float(alpha), float(gain),
-                            None if clamp is None else float(clamp), bool(save_conv))
-    return y
+    return _conv2d_fused_op(*_fused_args(x, w, in_scale, out_scale, noise, bias, None, stride, pad_y, pad_x, out_h,
+                                         out_w, transposed, act, alpha, gain, clamp, save_conv))[0]
+
+
+def conv2d_fused_dot(x, w, aux, in_scale=None, out_scale=None, *, stride=1, pad_y=0, pad_x=0, out_h, out_w,
+                     transposed=False):
+    """(y, dot) with y = out_scale * conv(x * in_scale, w) as `conv2d_fused`, and, from the same kernel's epilogue,
+    dot[n, o] = sum over pixels of aux[n, o] * conv(x * in_scale, w)[n, o] (fp32; fp64 for fp64 inputs).
+    One GEMM gives a backward both the input gradient and the per-sample channel-scale (style) gradient."""
+    y, _, dot = _conv2d_fused_op(*_fused_args(x, w, in_scale, out_scale, None, None, aux, stride, pad_y, pad_x,
+                                              out_h, out_w, transposed, "linear", 0.0, 1.0, None, False))
+    return y, dot
 
 
 def _linear_part_backward(x, w, in_scale, out_scale, gz, geo, needs, conv=None, g_conv=None):
@@ -105,11 +126,11 @@ def _linear_part_backward(x, w, in_scale, out_scale, gz, geo, needs, conv=None, 
         gz = (gz if out_scale is None else gz * out_scale.to(gz.dtype)[:, :, None, None]) + g_conv.to(gz.dtype)
         out_scale = None
     adj = dict(stride=stride, pad_y=pad_y, pad_x=pad_x, out_h=H, out_w=W, transposed=not transposed)
-    if need_is:  # one adjoint conv serves both gx and the style gradient
-        u = conv2d_fused(gz, w.transpose(0, 1), out_scale, None, **adj)
-        gis = (x * u).sum(dim=(2, 3)).to(in_scale.dtype)
-        if need_x:
-            gx = u * in_scale.to(u.dtype)[:, :, None, None]
+    if need_is:  # ONE adjoint GEMM: gx = in_scale * u from its epilogue, and the style gradient sum_p x * u
+        gx, gis = conv2d_fused_dot(gz, w.transpose(0, 1), x, out_scale, in_scale, **adj)
+        gis = gis.to(in_scale.dtype)
+        if not need_x:
+            gx = None
     elif need_x:
         gx = conv2d_fused(gz, w.transpose(0, 1), out_scale, in_scale, **adj)
     if need_w and not _weight_gradients_disabled:
@@ -124,8 +145,8 @@ def _linear_part_backward(x, w, in_scale, out_scale, gz, geo, needs, conv=None, 
 
 
 def _fused_setup_context(ctx, inputs, output):
-    (x, w, in_scale, out_scale, noise, bias, stride, pad_y, pad_x, out_h, out_w, transposed, act, alpha, gain, clamp,
-     save_conv) = inputs
+    (x, w, in_scale, out_scale, noise, bias, aux, stride, pad_y, pad_x, out_h, out_w, transposed, act, alpha, gain,
+     clamp, save_conv) = inputs
     ctx.set_materialize_grads(False)  # an unused output (the saved conv) gets None, not a tensor of zeros
     ctx.geo = (stride, pad_y, pad_x, transposed)
     ctx.epi = (act, alpha, gain, clamp)
@@ -133,20 +154,23 @@ def _fused_setup_context(ctx, inputs, output):
     ctx.bias_dtype = None if bias is None else bias.dtype
     ctx.noise_dtype = None if noise is None else noise.dtype
     ctx.out_hw = (out_h, out_w)
-    ctx.save_for_backward(x, w, in_scale, out_scale, noise, bias, output[1] if save_conv else None)
+    ctx.save_for_backward(x, w, in_scale, out_scale, noise, bias, aux, output[1] if save_conv else None)
 
 
-def _fused_backward(ctx, gy, g_conv):
-    x, w, in_scale, out_scale, noise, bias, conv = ctx.saved_tensors
+def _fused_backward(ctx, gy, g_conv, g_dot):
+    x, w, in_scale, out_scale, noise, bias, aux, conv = ctx.saved_tensors
     if conv is None or g_conv is None or g_conv.numel() == 0:  # (traced backwards may pass zeros / empties)
         g_conv = None
-    if gy is None:  # only the saved conv output was used
+    if aux is None or g_dot is None or g_dot.numel() == 0:
+        g_dot = None
+    if gy is None:  # only the saved conv output / the dot product was used
         gy = torch.zeros((x.shape[0], w.shape[0], *ctx.out_hw), dtype=x.dtype, device=x.device)
     act, alpha, gain, clamp = ctx.epi
     stride, pad_y, pad_x, transposed = ctx.geo
     nx = ctx.needs_input_grad
     nonlinear = not (act == "linear" and clamp is None)
-    if conv is None and (nonlinear or nx[3]):
+    need_aux = g_dot is not None and nx[6]
+    if conv is None and (nonlinear or nx[3] or need_aux):
         # The forward did not keep the conv output (save_conv=False), so it is recomputed once here for the
         # activation's and the demodulation's gradients: one GEMM, differentiable like the rest.
         conv = conv2d_fused(x, w, in_scale, None, stride=stride, pad_y=pad_y, pad_x=pad_x, out_h=ctx.out_hw[0],
@@ -166,8 +190,15 @@ def _fused_backward(ctx, gy, g_conv):
         gnoise = gpre.sum_to_size(ctx.noise_shape).to(ctx.noise_dtype)
     if nx[5]:
         gbias = gpre.sum(dim=(0, 2, 3)).to(ctx.bias_dtype)
+    gaux = None
+    if g_dot is not None:  # dot = sum_p aux * conv: its gradient reaches the raw conv output and aux
+        g_dot = g_dot[:, :, None, None]
+        term = (g_dot * aux).to(gpre.dtype)
+        g_conv = term if g_conv is None else g_conv + term
+        if need_aux:
+            gaux = (g_dot * conv).to(aux.dtype)
     gx, gw, gis, gos = _linear_part_backward(x, w, in_scale, out_scale, gpre, ctx.geo, nx[:4], conv, g_conv)
-    return gx, gw, gis, gos, gnoise, gbias, None, None, None, None, None, None, None, None, None, None, None
+    return gx, gw, gis, gos, gnoise, gbias, gaux, None, None, None, None, None, None, None, None, None, None, None
 
 
 _conv2d_fused_op.register_autograd(_fused_backward, setup_context=_fused_setup_context)
@@ -205,19 +236,23 @@ def _wgrad_backward(ctx, gg):
     geo = dict(stride=stride, pad_y=pad_y, pad_x=pad_x)
     ga = gb = gas = gbs = None
     # g = sum a_scale a * conv-window(b_scale b): wrt a it is a conv of b with gg, wrt b a transposed conv of a.
-    if need_a or need_as:
-        u = conv2d_fused(b, gg, b_scale, None, out_h=a.shape[2], out_w=a.shape[3], **geo)
-        if need_as:
-            gas = (a * u).sum(dim=(2, 3)).to(a_scale.dtype)
-        if need_a:
-            ga = u if a_scale is None else u * a_scale.to(u.dtype)[:, :, None, None]
-    if need_b or need_bs:
-        v = conv2d_fused(a, gg.transpose(0, 1), a_scale, None, out_h=b.shape[2], out_w=b.shape[3], transposed=True,
-                         **geo)
-        if need_bs:
-            gbs = (b * v).sum(dim=(2, 3)).to(b_scale.dtype)
-        if need_b:
-            gb = v if b_scale is None else v * b_scale.to(v.dtype)[:, :, None, None]
+    # The scale gradients come from the same GEMMs' epilogues (conv2d_fused_dot), as in the forward's backward.
+    if need_as:
+        ga, gas = conv2d_fused_dot(b, gg, a, b_scale, a_scale, out_h=a.shape[2], out_w=a.shape[3], **geo)
+        gas = gas.to(a_scale.dtype)
+    elif need_a:
+        ga = conv2d_fused(b, gg, b_scale, a_scale, out_h=a.shape[2], out_w=a.shape[3], **geo)
+    if need_bs:
+        gb, gbs = conv2d_fused_dot(a, gg.transpose(0, 1), b, a_scale, b_scale, out_h=b.shape[2], out_w=b.shape[3],
+                                   transposed=True, **geo)
+        gbs = gbs.to(b_scale.dtype)
+    elif need_b:
+        gb = conv2d_fused(a, gg.transpose(0, 1), a_scale, b_scale, out_h=b.shape[2], out_w=b.shape[3],
+                          transposed=True, **geo)
+    if not need_a:
+        ga = None
+    if not need_b:
+        gb = None
     return ga, gb, gas, gbs, None, None, None, None, None
 
 

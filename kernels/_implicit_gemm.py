@@ -8,7 +8,8 @@ Two Triton kernels, both over a SHARED weight (never a per-sample weight copy):
   - prologue: the per-sample input-channel scale (the StyleGAN2 style) multiplies the weight tile in registers,
     which is the same as scaling the input channels and costs BLOCK_K*BLOCK_N instead of BLOCK_M*BLOCK_K multiplies.
   - epilogue, before the single store: out_scale (demodulation), + noise (any broadcastable strides), + bias,
-    activation (bias_act's math), * gain, clamp.
+    activation (bias_act's math), * gain, clamp. Optionally also a per-sample spatial dot product of the raw conv
+    output with an `aux` tensor (the style gradient, when this GEMM is the backward's adjoint conv).
   GEMM view per sample: M = output pixels, N = output channels, K = taps x input channels.
 * `_conv_wgrad_kernel`: g[a, b, k] = sum_n a_scale[n, a] b_scale[n, b] sum_p A[n, a, p] * B[n, b, p*stride - pad + k]
   (the weight gradient of the conv above: a reduction over the batch and the output pixels).
@@ -51,18 +52,20 @@ def _mma(a, b, acc, USE_DOT: tl.constexpr, ALLOW_TF32: tl.constexpr, UPCAST: tl.
 
 @triton.jit
 def _conv_fwd_kernel(
-    x_ptr, w_ptr, in_scale_ptr, out_scale_ptr, noise_ptr, bias_ptr, y_ptr, conv_ptr,
+    x_ptr, w_ptr, in_scale_ptr, out_scale_ptr, noise_ptr, bias_ptr, y_ptr, conv_ptr, aux_ptr, dot_ptr,
     C, H, W, O, OH, OW,
     sxn, sxc, sxh, sxw,
     swo, swc, swh, sww,
     sin, sic, son, soo,
     snn, sno, snh, snw,
     syn, syo, syh, syw,
+    san, sao, sah, saw,
+    sdm, sdn, sdo,
     stride, pad_y, pad_x,
     alpha_hi, alpha_lo, gain_hi, gain_lo, clamp_hi, clamp_lo,
     KH: tl.constexpr, KW: tl.constexpr, TRANSPOSED: tl.constexpr,
     HAS_IN_SCALE: tl.constexpr, HAS_OUT_SCALE: tl.constexpr, HAS_NOISE: tl.constexpr, HAS_BIAS: tl.constexpr,
-    ACT: tl.constexpr, HAS_CLAMP: tl.constexpr, SAVE_CONV: tl.constexpr,
+    ACT: tl.constexpr, HAS_CLAMP: tl.constexpr, SAVE_CONV: tl.constexpr, HAS_DOT: tl.constexpr,
     COMPUTE: tl.constexpr, USE_DOT: tl.constexpr, ALLOW_TF32: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IDX: tl.constexpr,
 ):
@@ -139,6 +142,15 @@ def _conv_fwd_kernel(
              + oy[:, None].to(tl.int64) * syh + ox[:, None].to(tl.int64) * syw)
     if SAVE_CONV:  # training only: the raw conv output, which the backward needs (instead of recomputing it)
         tl.store(conv_ptr + y_off, acc.to(conv_ptr.dtype.element_ty), mask=out_mask)
+    if HAS_DOT:
+        # dot[n, o] = sum_p aux[n, o, p] * conv[n, o, p]: this tile's share of a per-sample spatial dot product,
+        # stored per M tile (summed by the launcher: deterministic). In the backward, aux = x and this GEMM = the
+        # adjoint conv give the style gradient without storing the adjoint conv or re-reading it.
+        av = tl.load(aux_ptr + n * san + offs_n[None, :].to(tl.int64) * sao + oy[:, None].to(tl.int64) * sah
+                     + ox[:, None].to(tl.int64) * saw, mask=out_mask, other=0.0)
+        part = tl.sum(acc * av.to(COMPUTE), axis=0)
+        tl.store(dot_ptr + pid_m.to(tl.int64) * sdm + n * sdn + offs_n * sdo, part.to(dot_ptr.dtype.element_ty),
+                 mask=n_mask)
     if HAS_OUT_SCALE:  # demodulation
         d = tl.load(out_scale_ptr + n * son + offs_n * soo, mask=n_mask, other=0.0)
         acc = acc * d.to(COMPUTE)[None, :]
@@ -164,17 +176,19 @@ def _conv_wgrad_kernel(
     san, sac, sah, saw,
     sbn, sbc, sbh, sbw,
     sasn, sasc, sbsn, sbsc,
-    sga, sgb, sgh, sgw,
-    stride, pad_y, pad_x,
+    sgs, sga, sgb, sgh, sgw,
+    stride, pad_y, pad_x, r_per_split,
     KH: tl.constexpr, KW: tl.constexpr,
     HAS_A_SCALE: tl.constexpr, HAS_B_SCALE: tl.constexpr,
     COMPUTE: tl.constexpr, USE_DOT: tl.constexpr, ALLOW_TF32: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr, IDX: tl.constexpr,
 ):
     # Output columns j run over (tap, channel of B), channel fastest (contiguous in NHWC);
-    # the reduction runs over (sample, pixel of A) in one flat loop.
+    # the reduction runs over (sample, pixel of A) in one flat loop, split into chunks of r_per_split (split-K:
+    # program_id(2) is the chunk, and each chunk stores its own partial sum: deterministic, no atomics).
     pid_a = tl.program_id(0).to(IDX)
     pid_b = tl.program_id(1).to(IDX)
+    split = tl.program_id(2).to(IDX)
     offs_a = pid_a * BLOCK_A + tl.arange(0, BLOCK_A).to(IDX)
     offs_j = pid_b * BLOCK_B + tl.arange(0, BLOCK_B).to(IDX)
     a_mask = offs_a < CA
@@ -185,10 +199,12 @@ def _conv_wgrad_kernel(
     kx = tap % KW
     P = PH * PW
 
+    r_begin = split * r_per_split
+    r_end = tl.minimum(r_begin + r_per_split, N * P)
     acc = tl.zeros((BLOCK_A, BLOCK_B), dtype=COMPUTE)
-    for k0 in range(0, N * P, BLOCK_P):
+    for k0 in range(r_begin, r_end, BLOCK_P):
         offs_k = k0 + tl.arange(0, BLOCK_P).to(IDX)
-        k_mask = offs_k < N * P
+        k_mask = offs_k < r_end
         n = (offs_k // P).to(tl.int64)
         p = offs_k % P
         py = p // PW
@@ -208,7 +224,9 @@ def _conv_wgrad_kernel(
             sb = tl.load(b_scale_ptr + n[:, None] * sbsn + cb[None, :] * sbsc, mask=valid, other=0.0)
             bt = bt.to(COMPUTE) * sb.to(COMPUTE)
         acc = _mma(at, bt.to(at.dtype), acc, USE_DOT, ALLOW_TF32, UPCAST)
-    g_off = offs_a[:, None] * sga + cb[None, :] * sgb + ky[None, :] * sgh + kx[None, :] * sgw
+    # g is [splits, CA, CB, KH, KW]; sgs is the stride between the chunks' partial sums.
+    g_off = (split.to(tl.int64) * sgs + offs_a[:, None] * sga + cb[None, :] * sgb + ky[None, :] * sgh
+             + kx[None, :] * sgw)
     tl.store(g_ptr + g_off, acc.to(g_ptr.dtype.element_ty), mask=a_mask[:, None] & j_mask[None, :])
 
 
@@ -256,13 +274,15 @@ def act_code(act):
     return ACT_CODES[act]
 
 
-def conv_fwd_triton(x, w, in_scale=None, out_scale=None, noise=None, bias=None, *, stride=1, pad_y=0, pad_x=0,
-                    out_h, out_w, transposed=False, act="linear", alpha=0.0, gain=1.0, clamp=None, save_conv=False):
+def conv_fwd_triton(x, w, in_scale=None, out_scale=None, noise=None, bias=None, aux=None, *, stride=1, pad_y=0,
+                    pad_x=0, out_h, out_w, transposed=False, act="linear", alpha=0.0, gain=1.0, clamp=None,
+                    save_conv=False):
     """Launches `_conv_fwd_kernel`. `w` is the logical [O, C, KH, KW] weight of this op (any strides).
 
-    Returns (y, conv): y of shape [N, O, out_h, out_w] in x's dtype and layout (channels_last stays
-    channels_last); conv, the raw conv output before the epilogue, laid out like y when `save_conv`, else empty.
-    `noise` must already be expanded to [N, O, out_h, out_w] (zero strides are fine).
+    Returns (y, conv, dot): y of shape [N, O, out_h, out_w] in x's dtype and layout (channels_last stays
+    channels_last); conv, the raw conv output before the epilogue, laid out like y when `save_conv`, else empty;
+    dot[n, o] = sum over pixels of aux * conv (fp32, fp64 for fp64 inputs) when `aux` (shaped like y) is given,
+    else empty. `noise` must already be expanded to [N, O, out_h, out_w] (zero strides are fine).
     """
     N, C, H, W = x.shape
     O, _, KH, KW = w.shape
@@ -270,8 +290,9 @@ def conv_fwd_triton(x, w, in_scale=None, out_scale=None, noise=None, bias=None, 
                                   and x.is_contiguous(memory_format=torch.channels_last)) else torch.contiguous_format
     y = torch.empty((N, O, out_h, out_w), dtype=x.dtype, device=x.device, memory_format=fmt)
     conv = torch.empty_like(y) if save_conv else y.new_empty(0)
+    dot = y.new_empty(0, dtype=_partial_dtype(x.dtype))
     if y.numel() == 0:
-        return y, conv
+        return y, conv, (y.new_zeros((N, O), dtype=dot.dtype) if aux is not None else dot)
     # The weight as the GEMM's [K, N] operand: [KH, KW, C, O] contiguous, so every weight-tile load is coalesced
     # along the output channels (a weight-sized copy per call; the weight is re-read by every program).
     wk = w.permute(2, 3, 1, 0).contiguous()
@@ -283,41 +304,72 @@ def conv_fwd_triton(x, w, in_scale=None, out_scale=None, noise=None, bias=None, 
         BM, BN, BK = _gemm_blocks(out_h * out_w, O, KH * KW * C, x.dtype)
         grid_m = triton.cdiv(out_h * out_w, BM)
     grid = (grid_m, triton.cdiv(O, BN), N)
+    if aux is not None:  # per-M-tile partial sums: every (M tile, sample, channel) is written by one program
+        dot = torch.empty((grid_m, N, O), dtype=_partial_dtype(x.dtype), device=x.device)
     dummy = x
     ins, outs = in_scale if in_scale is not None else dummy, out_scale if out_scale is not None else dummy
     nz, bs = noise if noise is not None else dummy, bias if bias is not None else dummy
+    ax = aux if aux is not None else dummy
     _conv_fwd_kernel[grid](
-        x, wk, ins, outs, nz, bs, y, conv if save_conv else y,
+        x, wk, ins, outs, nz, bs, y, conv if save_conv else y, ax, dot if aux is not None else y,
         C, H, W, O, out_h, out_w,
         *_strides_nchw(x), wk.stride(3), wk.stride(2), wk.stride(0), wk.stride(1),
         ins.stride(0) if in_scale is not None else 0, ins.stride(1) if in_scale is not None else 0,
         outs.stride(0) if out_scale is not None else 0, outs.stride(1) if out_scale is not None else 0,
         *(_strides_nchw(noise) if noise is not None else (0, 0, 0, 0)),
         *_strides_nchw(y),
+        *(_strides_nchw(aux) if aux is not None else (0, 0, 0, 0)),
+        *(dot.stride() if aux is not None else (0, 0, 0)),
         stride, pad_y, pad_x,
         *_split(float(alpha)), *_split(float(gain)), *_split(float(clamp if clamp is not None else 0.0)),
         KH=KH, KW=KW, TRANSPOSED=bool(transposed),
         HAS_IN_SCALE=in_scale is not None, HAS_OUT_SCALE=out_scale is not None,
         HAS_NOISE=noise is not None, HAS_BIAS=bias is not None,
-        ACT=act_code(act), HAS_CLAMP=clamp is not None, SAVE_CONV=bool(save_conv),
+        ACT=act_code(act), HAS_CLAMP=clamp is not None, SAVE_CONV=bool(save_conv), HAS_DOT=aux is not None,
         COMPUTE=compute_dtype(x.dtype), USE_DOT=x.dtype != torch.float64, ALLOW_TF32=_allow_tf32(x.dtype), UPCAST=_upcast(x),
         BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, IDX=index_dtype(x, y, w),
         num_warps=4 if BM * BN <= 64 * 64 else 8,
     )
-    return y, conv
+    return y, conv, (dot.sum(0) if aux is not None else dot)
+
+
+def _wgrad_splits(tiles, reduction, block):
+    """Split-K for the weight gradient: its output is only CA x CB*KH*KW (3 x 512 for ToRGB, 64 x 48 for a
+    3-channel first layer), so without splitting the long reduction over batch x pixels a handful of programs
+    would do all the work. Aim for ~1024 programs (several waves on a 132-SM GPU), each chunk at least
+    WGRAD_MIN_CHUNK reduction rows so that the partial sums (one fp32 [CA, CB, KH, KW] each) stay cheap."""
+    splits = max(1, min(triton.cdiv(reduction, WGRAD_MIN_CHUNK), triton.cdiv(WGRAD_TARGET_PROGRAMS, tiles)))
+    per_split = triton.cdiv(triton.cdiv(reduction, splits), block) * block
+    return triton.cdiv(reduction, per_split), per_split
+
+
+WGRAD_TARGET_PROGRAMS = 1024
+WGRAD_MIN_CHUNK = 2048
+
+
+def _partial_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def conv_wgrad_triton(a, b, a_scale=None, b_scale=None, *, stride=1, pad_y=0, pad_x=0, kh, kw, out_dtype=None):
-    """Launches `_conv_wgrad_kernel`: returns g[CA, CB, kh, kw] (contiguous) in `out_dtype` (default a's dtype)."""
+    """Launches `_conv_wgrad_kernel`: returns g[CA, CB, kh, kw] (contiguous) in `out_dtype` (default a's dtype).
+    With split-K the chunks' fp32 partial sums are added by one torch reduction (no atomics: deterministic)."""
     N, CA, PH, PW = a.shape
     _, CB, H, W = b.shape
-    g = torch.empty((CA, CB, kh, kw), dtype=out_dtype or a.dtype, device=a.device)
-    if g.numel() == 0:
-        return g
+    out_dtype = out_dtype or a.dtype
+    if CA * CB * kh * kw == 0:
+        return torch.empty((CA, CB, kh, kw), dtype=out_dtype, device=a.device)
+    if N * PH * PW == 0:
+        return torch.zeros((CA, CB, kh, kw), dtype=out_dtype, device=a.device)
     BA, BB, BP = _gemm_blocks(CA, kh * kw * CB, N * PH * PW, a.dtype)
     if a.dtype != torch.float64:
         BA, BB, BP = min(BA, 64), min(BB, 64), min(BP, 32)
-    grid = (triton.cdiv(CA, BA), triton.cdiv(kh * kw * CB, BB))
+    tiles = triton.cdiv(CA, BA) * triton.cdiv(kh * kw * CB, BB)
+    splits, per_split = _wgrad_splits(tiles, N * PH * PW, BP)
+    # One chunk writes the result directly; several write fp32 (compute dtype) partials that are summed after.
+    g = torch.empty((splits, CA, CB, kh, kw), dtype=out_dtype if splits == 1 else _partial_dtype(a.dtype),
+                    device=a.device)
+    grid = (triton.cdiv(CA, BA), triton.cdiv(kh * kw * CB, BB), splits)
     dummy = a
     sa, sb = a_scale if a_scale is not None else dummy, b_scale if b_scale is not None else dummy
     _conv_wgrad_kernel[grid](
@@ -326,11 +378,11 @@ def conv_wgrad_triton(a, b, a_scale=None, b_scale=None, *, stride=1, pad_y=0, pa
         *_strides_nchw(a), *_strides_nchw(b),
         sa.stride(0) if a_scale is not None else 0, sa.stride(1) if a_scale is not None else 0,
         sb.stride(0) if b_scale is not None else 0, sb.stride(1) if b_scale is not None else 0,
-        *_strides_nchw(g),
-        stride, pad_y, pad_x,
+        g.stride(0), g.stride(1), g.stride(2), g.stride(3), g.stride(4),
+        stride, pad_y, pad_x, per_split,
         KH=kh, KW=kw, HAS_A_SCALE=a_scale is not None, HAS_B_SCALE=b_scale is not None,
         COMPUTE=compute_dtype(a.dtype), USE_DOT=a.dtype != torch.float64, ALLOW_TF32=_allow_tf32(a.dtype), UPCAST=_upcast(a),
         BLOCK_A=BA, BLOCK_B=BB, BLOCK_P=BP, IDX=index_dtype(a, b),
         num_warps=4,
     )
-    return g
+    return g[0] if splits == 1 else g.sum(0).to(out_dtype)

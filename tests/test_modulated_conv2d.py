@@ -282,6 +282,37 @@ def test_fused_op_gradients_with_and_without_the_saved_conv(save_conv, device):
     assert gradgradcheck(fn, args, fast_mode=True)
 
 
+@pytest.mark.parametrize("transposed,stride", [(False, 1), (False, 2), (True, 2)])
+def test_fused_dot_epilogue_matches_torch_and_is_differentiable(transposed, stride, device):
+    # dot[n, o] = sum_p aux * conv(x * in_scale, w), from the GEMM's epilogue (the backward's style gradient).
+    from fusegan.kernels._conv_ops import conv2d_fused_dot
+
+    x, w, s = _inputs(n=2, i=3, o=2, h=5, w=4, dtype=torch.float64, device=device)
+    d = torch.rand(2, 2, dtype=torch.float64, device=device) + 0.5
+    if transposed:  # w is this conv's logical [O, C] weight, a conv_transpose2d weight is [C, O]
+        out_h, out_w = (5 - 1) * stride - 2 + 3, (4 - 1) * stride - 2 + 3
+        conv = lambda x, w, s: F.conv_transpose2d(x * s[:, :, None, None], w.transpose(0, 1), stride=stride,  # noqa: E731
+                                                  padding=1)
+    else:
+        out_h, out_w = (5 + 2 - 3) // stride + 1, (4 + 2 - 3) // stride + 1
+        conv = lambda x, w, s: F.conv2d(x * s[:, :, None, None], w, stride=stride, padding=1)  # noqa: E731
+    aux = torch.randn(2, 2, out_h, out_w, dtype=torch.float64, device=device)
+    args = [t.requires_grad_() for t in (x, w, s, d, aux)]
+
+    def fused(x, w, s, d, aux):
+        return conv2d_fused_dot(x, w, aux, s, d, stride=stride, pad_y=1, pad_x=1, out_h=out_h, out_w=out_w,
+                                transposed=transposed)
+
+    def ref(x, w, s, d, aux):
+        c = conv(x, w, s)
+        return c * d[:, :, None, None], (aux * c).sum(dim=(2, 3))
+
+    for got, want in zip(fused(*args), ref(*args)):
+        torch.testing.assert_close(got, want, **FP64_TOL)
+    assert gradcheck(fused, args, fast_mode=True)
+    assert gradgradcheck(fused, args, fast_mode=True)
+
+
 @pytest.mark.parametrize("impl", ["ref", "triton"])
 def test_no_weight_gradients(impl, device):
     x, w, s = [a.requires_grad_() for a in _inputs(n=2, i=2, o=3, h=4, w=4, dtype=torch.float64, device=device)]
@@ -340,6 +371,28 @@ def test_triton_launches_per_layer(up, down, forward, backward, launches, device
 
 
 # ------------------------------------------------------------------------------------------------------------
+# Weight gradient with split-K (small-channel layers such as ToRGB split the batch x pixel reduction)
+
+@pytest.mark.parametrize("stride,pad,layout", [(1, 1, torch.contiguous_format), (2, 1, torch.channels_last),
+                                               (1, 0, torch.channels_last)])
+def test_wgrad_split_k_matches_torch(stride, pad, layout, monkeypatch, device):
+    from fusegan.kernels import _implicit_gemm as ig
+
+    monkeypatch.setattr(ig, "WGRAD_MIN_CHUNK", 16)  # force several chunks at this tiny size
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 5, 9, 7, dtype=torch.float64, generator=gen).to(device, memory_format=layout)
+    oh, ow = (9 + 2 * pad - 3) // stride + 1, (7 + 2 * pad - 3) // stride + 1
+    gz = torch.randn(3, 2, oh, ow, dtype=torch.float64, generator=gen).to(device, memory_format=layout)
+    sx, sz = torch.rand(3, 5, dtype=torch.float64, generator=gen), torch.rand(3, 2, dtype=torch.float64, generator=gen)
+    splits, _ = ig._wgrad_splits(1, 3 * oh * ow, 16)
+    assert splits > 1
+    got = ig.conv_wgrad_triton(gz, x, sz, sx, stride=stride, pad_y=pad, pad_x=pad, kh=3, kw=3)
+    want = torch.nn.grad.conv2d_weight(x * sx[:, :, None, None], (2, 5, 3, 3), gz * sz[:, :, None, None],
+                                       stride=stride, padding=pad)
+    torch.testing.assert_close(got, want, **FP64_TOL)
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Bad input: every error names its argument, before any launch
 
 def _bad(**over):
@@ -394,12 +447,16 @@ def test_opcheck_custom_ops(device):
     nz, b = torch.randn(2, 1, 4, 5, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
     for t in (x, w, s, d, nz, b):
         t.requires_grad_()
+    aux = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
     for save_conv in (False, True):
-        torch.library.opcheck(_conv2d_fused_op, (x, w, s, d, nz, b, 1, 1, 1, 4, 5, False, "lrelu", 0.2, 1.4, 0.9,
-                                                 save_conv))
+        for with_aux in (None, aux):
+            torch.library.opcheck(_conv2d_fused_op, (x, w, s, d, nz, b, with_aux, 1, 1, 1, 4, 5, False, "lrelu", 0.2,
+                                                     1.4, 0.9, save_conv))
     wt = torch.randn(2, 3, 3, 3, dtype=torch.float64).transpose(0, 1).requires_grad_()  # a strided [3, 2] view
-    torch.library.opcheck(_conv2d_fused_op, (x, wt, None, None, None, None, 2, 1, 1, 7, 9, True, "linear", 0.0,
-                                             1.0, None, False))
+    torch.library.opcheck(_conv2d_fused_op, (x, wt, None, None, None, None, None, 2, 1, 1, 7, 9, True, "linear",
+                                             0.0, 1.0, None, False))
+    torch.library.opcheck(_conv2d_fused_op, (x, wt, s, d, None, None, torch.randn(2, 3, 7, 9, dtype=torch.float64),
+                                             2, 1, 1, 7, 9, True, "linear", 0.0, 1.0, None, False))
     torch.library.opcheck(_conv2d_wgrad_op, (torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True),
                                              x, d, s, 1, 1, 1, 3, 3))
 
