@@ -8,11 +8,12 @@ Two ops, closed under differentiation (so gradients of any order run on the same
 * `fusegan::conv2d_wgrad(a, b, a_scale, b_scale, ...)`[i, j, k] = sum_{n,p} a_scale a[n,i,p] * b_scale b[n,j,p*s-pad+k]
   (the weight gradient; one kernel, a reduction over the batch).
 
-Backward of conv2d_fused (gy):
-  gpre = bias_act's gradient (the activation/gain/clamp part; gy * gain when linear)
-  gnoise, gbias = sums of gpre;  gx = in_scale * conv^T(out_scale * gpre, w)  (conv2d_fused, transposed flag flipped)
-  gw = conv2d_wgrad;  gin_scale = sum_p x * conv^T(...), from the epilogue of the same dX GEMM (`conv2d_fused_dot`);
-  gout_scale = sum_p gpre * conv (conv saved by the forward, or recomputed once).
+Backward of conv2d_fused (gy), three kernels in training:
+  gpre, gout_scale = sum_p gpre * conv, gbias = sum gpre: ONE pass, `fusegan::conv_epilogue_grad` (the activation/
+      gain/clamp gradient with pre rebuilt from the conv output the forward saved, or recomputed once);
+  gx = in_scale * conv^T(out_scale * gpre, w) and gin_scale = sum_p x * conv^T(...): ONE GEMM, the adjoint conv
+      (conv2d_fused with the transposed flag flipped) whose epilogue also reduces the style gradient;
+  gw: ONE conv2d_wgrad.  (gnoise, a sum of gpre over channels, is a torch reduction.)
 Backward of conv2d_wgrad: two conv2d_fused calls. Everything in both backwards is a fusegan op or a plain
 differentiable torch op, so the backward is itself differentiable (gradgradcheck, path-length regularization).
 """
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor
 
 from . import _implicit_gemm as _ig
-from .bias_act import _bias_act_grad_op
+from ._conv_epilogue_grad import conv_epilogue_grad
 
 _weight_gradients_disabled = False
 
@@ -108,20 +109,15 @@ def conv2d_fused_dot(x, w, aux, in_scale=None, out_scale=None, *, stride=1, pad_
     return y, dot
 
 
-def _linear_part_backward(x, w, in_scale, out_scale, gz, geo, needs, conv=None, g_conv=None):
-    """Gradients of z = out_scale * conv(x * in_scale, w) given dL/dz = gz (and dL/dconv = g_conv when the raw conv
-    output is itself used, as in double backward). `geo` = (stride, pad_y, pad_x, transposed).
-    `needs` = (x, w, in_scale, out_scale); `conv`: conv(x * in_scale, w) if the caller has it already.
-    Built only from fusegan ops and differentiable torch ops."""
+def _linear_part_backward(x, w, in_scale, out_scale, gz, geo, needs, g_conv=None):
+    """Gradients for x, w and in_scale of z = out_scale * conv(x * in_scale, w), given dL/dz = gz (and
+    dL/dconv = g_conv when the raw conv output is itself used, as in double backward).
+    `geo` = (stride, pad_y, pad_x, transposed); `needs` = (x, w, in_scale). Built only from fusegan ops and
+    differentiable torch ops. (out_scale's gradient comes from `conv_epilogue_grad`.)"""
     stride, pad_y, pad_x, transposed = geo
-    need_x, need_w, need_is, need_os = needs
+    need_x, need_w, need_is = needs
     H, W = x.shape[2], x.shape[3]
-    gx = gw = gis = gos = None
-    if need_os:
-        if conv is None:
-            conv = conv2d_fused(x, w, in_scale, None, stride=stride, pad_y=pad_y, pad_x=pad_x, out_h=gz.shape[2],
-                                out_w=gz.shape[3], transposed=transposed)
-        gos = (gz * conv).sum(dim=(2, 3)).to(out_scale.dtype)
+    gx = gw = gis = None
     if g_conv is not None:  # both gradients reach the raw conv: combine them, then no out_scale in the GEMMs
         gz = (gz if out_scale is None else gz * out_scale.to(gz.dtype)[:, :, None, None]) + g_conv.to(gz.dtype)
         out_scale = None
@@ -141,7 +137,7 @@ def _linear_part_backward(x, w, in_scale, out_scale, gz, geo, needs, conv=None, 
         else:  # gw[o, c] = sum gz[o, p] x[c, p*s - pad + k]
             gw = conv2d_wgrad(gz, x, out_scale, in_scale, stride=stride, pad_y=pad_y, pad_x=pad_x, kh=kh, kw=kw)
         gw = gw.to(w.dtype)
-    return gx, gw, gis, gos
+    return gx, gw, gis
 
 
 def _fused_setup_context(ctx, inputs, output):
@@ -175,21 +171,19 @@ def _fused_backward(ctx, gy, g_conv, g_dot):
         # activation's and the demodulation's gradients: one GEMM, differentiable like the rest.
         conv = conv2d_fused(x, w, in_scale, None, stride=stride, pad_y=pad_y, pad_x=pad_x, out_h=ctx.out_hw[0],
                             out_w=ctx.out_hw[1], transposed=transposed)
-    if nonlinear:
-        pre = conv if out_scale is None else conv * out_scale.to(conv.dtype)[:, :, None, None]
-        if noise is not None:
-            pre = pre + noise.to(pre.dtype)
-        if bias is not None:
-            pre = pre + bias.to(pre.dtype)[None, :, None, None]
-        # bias_act's own differentiable gradient op (its autograd supplies the f'' term of smooth activations)
-        gpre = _bias_act_grad_op(gy, pre, None, 1, act, alpha, gain, -1.0 if clamp is None else clamp, False)[0]
+    gnoise = gbias = gos = None
+    if nonlinear or nx[3] or nx[5]:
+        # ONE pass (fusegan::conv_epilogue_grad): the activation/clamp gradient with pre rebuilt in registers,
+        # and, from the same tiles, the demodulation and bias gradients. Differentiable, for double backward.
+        gpre, gos, gbias = conv_epilogue_grad(gy, conv if (nonlinear or nx[3]) else None, out_scale, noise, bias,
+                                              act=act, alpha=alpha, gain=gain, clamp=clamp, need_scale=nx[3],
+                                              need_bias=nx[5])
+        gos = gos.to(out_scale.dtype) if nx[3] else None
+        gbias = gbias.to(ctx.bias_dtype) if nx[5] else None
     else:
         gpre = gy if gain == 1 else gy * gain
-    gnoise = gbias = None
     if nx[4]:
         gnoise = gpre.sum_to_size(ctx.noise_shape).to(ctx.noise_dtype)
-    if nx[5]:
-        gbias = gpre.sum(dim=(0, 2, 3)).to(ctx.bias_dtype)
     gaux = None
     if g_dot is not None:  # dot = sum_p aux * conv: its gradient reaches the raw conv output and aux
         g_dot = g_dot[:, :, None, None]
@@ -197,7 +191,7 @@ def _fused_backward(ctx, gy, g_conv, g_dot):
         g_conv = term if g_conv is None else g_conv + term
         if need_aux:
             gaux = (g_dot * conv).to(aux.dtype)
-    gx, gw, gis, gos = _linear_part_backward(x, w, in_scale, out_scale, gpre, ctx.geo, nx[:4], conv, g_conv)
+    gx, gw, gis = _linear_part_backward(x, w, in_scale, out_scale, gpre, ctx.geo, nx[:3], g_conv)
     return gx, gw, gis, gos, gnoise, gbias, gaux, None, None, None, None, None, None, None, None, None, None, None
 
 

@@ -346,13 +346,16 @@ def launches(monkeypatch):
 
 
 @pytest.mark.parametrize("up,down,forward,backward", [
-    (1, 1, ["_conv_fwd_kernel"], ["_bias_act_bwd_kernel", "_conv_fwd_kernel", "_conv_wgrad_kernel"]),
+    # backward: the epilogue's gradient with d(demod) and d(bias) (one pass), dX with d(styles) (one GEMM), dW.
+    (1, 1, ["_conv_fwd_kernel"], ["_conv_epilogue_grad_kernel", "_conv_fwd_kernel", "_conv_wgrad_kernel"]),
     (1, 2, ["_upfirdn2d_fwd_kernel", "_conv_fwd_kernel"],
-     ["_bias_act_bwd_kernel", "_conv_fwd_kernel", "_conv_wgrad_kernel", "_upfirdn2d_fwd_kernel"]),
+     ["_conv_epilogue_grad_kernel", "_conv_fwd_kernel", "_conv_wgrad_kernel", "_upfirdn2d_fwd_kernel"]),
     # up=2: the transposed GEMM (style prologue, demodulation epilogue), then ONE FIR pass that also adds the noise
-    # and the bias and applies the activation; backward: the activation's gradient (+ db), the FIR adjoint, dX, dW.
+    # and the bias and applies the activation; backward: the activation's gradient (+ db), the FIR adjoint, the
+    # demodulation gradient (one reduction pass over the saved conv output), dX with d(styles), dW.
     (2, 1, ["_conv_fwd_kernel", "_upfirdn2d_fwd_kernel"],
-     ["_bias_act_bwd_kernel", "_upfirdn2d_fwd_kernel", "_conv_fwd_kernel", "_conv_wgrad_kernel"]),
+     ["_bias_act_bwd_kernel", "_upfirdn2d_fwd_kernel", "_conv_epilogue_grad_kernel", "_conv_fwd_kernel",
+      "_conv_wgrad_kernel"]),
 ])
 def test_triton_launches_per_layer(up, down, forward, backward, launches, device):
     x, w, s = _inputs(n=2, i=3, o=4, h=4, w=4, device=device)
