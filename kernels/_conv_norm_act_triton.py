@@ -122,10 +122,13 @@ def _conv_fwd_kernel(
     KH: tl.constexpr, KW: tl.constexpr, TRANSPOSED: tl.constexpr, REFLECT: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STATS: tl.constexpr, CDTYPE: tl.constexpr,
     USE_DOT: tl.constexpr, ALLOW_TF32: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ROW_IDX: tl.constexpr,
 ):
     alpha = _load_alpha(alpha_ptr, ACT, CDTYPE)
-    pid_m = tl.program_id(0).to(tl.int64)
+    # Row (output pixel) index math in int32 unless there are 2**31 output pixels (ROW_IDX): 64-bit row
+    # vectors doubled the registers of the tile loop and made the big tiles spill on sm_90
+    # (benchmarks/hopper_compile.py). Memory offsets are int64 regardless.
+    pid_m = tl.program_id(0).to(ROW_IDX)
     pid_n = tl.program_id(1)
     pid_p = tl.program_id(2)
     # A transposed conv is computed one output phase (oh % stride, ow % stride) per program: all
@@ -150,7 +153,7 @@ def _conv_fwd_kernel(
         n_idx = pid_m // TILES_PER_SAMPLE
         q = (pid_m % TILES_PER_SAMPLE) * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = q < phase_hw
-        n_row = tl.zeros([BLOCK_M], dtype=tl.int64) + n_idx
+        n_row = tl.zeros([BLOCK_M], dtype=ROW_IDX) + n_idx
     else:
         rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < N * phase_hw
@@ -176,7 +179,7 @@ def _conv_fwd_kernel(
                 if live_w:
                     iw, ok_w = _tap_index(ow, kw, W, stride_w, pad_w, dil_w, TRANSPOSED, REFLECT)
                     ok = row_ok & ok_h & ok_w
-                    x_rows = x_ptr + n_row * sxn + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
+                    x_rows = x_ptr + (n_row.to(tl.int64) * sxn + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw)
                     w_tap = w_ptr + kh * swh + kw * sww
                     for c0 in range(0, C_IN, BLOCK_K):
                         ci = c0 + tl.arange(0, BLOCK_K)
@@ -202,7 +205,7 @@ def _conv_fwd_kernel(
         if pid_n == 0:
             tl.store(pcnt_ptr + tile, cnt)
     acc = _apply_act(acc, alpha, ACT)
-    y_off = n_row[:, None] * syn + co[None, :].to(tl.int64) * syc + (oh.to(tl.int64) * syh + ow * syw)[:, None]
+    y_off = n_row.to(tl.int64)[:, None] * syn + co[None, :].to(tl.int64) * syc + (oh.to(tl.int64) * syh + ow * syw)[:, None]
     tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
@@ -398,7 +401,8 @@ def _gemm_blocks(m, n, k, dtype):
 
 
 def _num_warps(block_m, block_n):
-    return 8 if block_m * block_n >= 128 * 128 else 4
+    # 8 warps from 64x64 tiles up: with 4, the 128x64 and 32x128 tiles spilled registers on sm_90.
+    return 8 if block_m * block_n >= 64 * 64 else 4
 
 
 def _dot_flags(dtype):
@@ -483,6 +487,7 @@ def conv_fwd(x, w, bias, geom, transposed, reflect, out_hw, act_code, alpha, sta
         KH=KH, KW=KW, TRANSPOSED=transposed, REFLECT=reflect, HAS_BIAS=bias is not None,
         ACT=act_code, STATS=stats, CDTYPE=compute_dtype(x.dtype), **_dot_flags(x.dtype),
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=_num_warps(BLOCK_M, BLOCK_N),
+        ROW_IDX=tl.int64 if N * phase_hw + BLOCK_M >= 2**31 else tl.int32,
     )
     if stats == STATS_INSTANCE:
         group = (torch.arange(grid_m, device=x.device) // tiles_per_sample).repeat(phases)
