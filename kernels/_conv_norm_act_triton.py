@@ -395,9 +395,9 @@ def _gemm_blocks(m, n, k, dtype):
         return _pow2_at_least(m, 16, 64), _pow2_at_least(n, 16, 64), _pow2_at_least(k, 16, 64)
     if dtype == torch.float64:
         return _pow2_at_least(m, 16, 32), _pow2_at_least(n, 16, 32), 8
-    # Standard tensor-core tiles (untuned: no GPU was available when this was written).
-    bk = 64 if dtype in (torch.float16, torch.bfloat16) else 32
-    return _pow2_at_least(m, 16, 128), _pow2_at_least(n, 16, 128), _pow2_at_least(k, 16, bk)
+    # Tensor-core tiles, not timed on a GPU yet. BLOCK_K 32: with 64 the im2col gather's address and mask tiles
+    # spilled registers on sm_90 (benchmarks/hopper_compile.py), even at 8 warps.
+    return _pow2_at_least(m, 16, 128), _pow2_at_least(n, 16, 128), _pow2_at_least(k, 16, 32)
 
 
 def _num_warps(block_m, block_n):

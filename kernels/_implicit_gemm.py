@@ -299,6 +299,8 @@ def conv_fwd_triton(x, w, in_scale=None, out_scale=None, noise=None, bias=None, 
     if transposed:  # one group of programs per output phase (see the kernel)
         phase_pixels = triton.cdiv(out_h, stride) * triton.cdiv(out_w, stride)
         BM, BN, BK = _gemm_blocks(phase_pixels, O, triton.cdiv(KH, stride) * triton.cdiv(KW, stride) * C, x.dtype)
+        if BM * BN > 64 * 128:  # the phase index math leaves no room for a 128x128 tile: it spilled on sm_90
+            BM = 64
         grid_m = stride * stride * triton.cdiv(phase_pixels, BM)
     else:
         BM, BN, BK = _gemm_blocks(out_h * out_w, O, KH * KW * C, x.dtype)
@@ -383,6 +385,6 @@ def conv_wgrad_triton(a, b, a_scale=None, b_scale=None, *, stride=1, pad_y=0, pa
         KH=kh, KW=kw, HAS_A_SCALE=a_scale is not None, HAS_B_SCALE=b_scale is not None,
         COMPUTE=compute_dtype(a.dtype), USE_DOT=a.dtype != torch.float64, ALLOW_TF32=_allow_tf32(a.dtype), UPCAST=_upcast(a),
         BLOCK_A=BA, BLOCK_B=BB, BLOCK_P=BP, IDX=index_dtype(a, b),
-        num_warps=4,
+        num_warps=8 if BA * BB >= 64 * 64 else 4,  # 4 warps spilled the fp32 64x64 tiles on sm_90
     )
     return g[0] if splits == 1 else g.sum(0).to(out_dtype)
