@@ -195,7 +195,8 @@ def compile_spec(spec):
     fields = dict(re.findall(r"(REG|SHARED|LOCAL|STACK):(\d+)", usage))
     # Triton inlines every call, so a stack frame means registers spilled to local memory.
     result.update(status="ok", registers=int(fields.get("REG", -1)), spill_bytes=int(fields.get("STACK", -1)),
-                  shared_bytes=int(compiled.metadata.shared))
+                  shared_bytes=int(compiled.metadata.shared),
+                  tensor_cores="wgmma" if "wgmma" in compiled.asm["ptx"] else ("mma" if "mma.sync" in compiled.asm["ptx"] else None))
     return result
 
 

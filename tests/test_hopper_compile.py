@@ -36,6 +36,9 @@ def test_training_kernels_compile_for_sm90(tmp_path):
     assert all(r["status"] == "ok" for r in results)
     assert EXPECTED <= {r["kernel"] for r in results}
     assert all(r["registers"] > 0 and r["spill_bytes"] >= 0 for r in results)  # cuobjdump's report was parsed
-    # The bf16 GEMMs are tensor-core kernels with multi-stage shared-memory pipelines on Hopper.
+    # The bf16 GEMMs are tensor-core kernels with shared-memory pipelines on Hopper; from 64-row tiles up they
+    # use the warpgroup MMA (wgmma) of sm_90, below that mma.sync.
     gemm = [r for r in results if r["kernel"] == "_conv_fwd_kernel" and "*bf16" in r["dtypes"]]
-    assert gemm and all(r["shared_bytes"] > 0 for r in gemm)
+    assert gemm and all(r["shared_bytes"] > 0 and r["tensor_cores"] in ("wgmma", "mma") for r in gemm)
+    big = [r for r in gemm if int(r["constexprs"]["BLOCK_M"]) >= 64]
+    assert big and all(r["tensor_cores"] == "wgmma" for r in big)
