@@ -127,10 +127,10 @@ def _pix2pix_cyclegan_dcgan_iteration(dtype, quick):
     from fusegan.kernels import gan_loss, vae_loss
     from fusegan.models import autoencoder, dcgan, pix2pix
 
+    res = 64 if quick else 256
     nets = [(dcgan.Generator(), torch.randn(2, 100, 1, 1)), (dcgan.Discriminator(), torch.randn(2, 3, 64, 64)),
-            (pix2pix.NLayerDiscriminator(6, norm="batch"), torch.randn(2, 6, 256 if not quick else 64, 256 if not quick else 64)),
-            (pix2pix.ResnetGenerator(3, 3, n_blocks=9 if not quick else 1, norm="instance"),
-             torch.randn(1, 3, 256 if not quick else 64, 256 if not quick else 64))]
+            (pix2pix.NLayerDiscriminator(6, norm="batch"), torch.randn(2, 6, res, res)),
+            (pix2pix.ResnetGenerator(3, 3, n_blocks=1 if quick else 9, norm="instance"), torch.randn(1, 3, res, res))]
     if not quick:
         nets.append((pix2pix.UnetGenerator(3, 3, 8, norm="batch"), torch.randn(2, 3, 256, 256)))
     for net, x in nets:
@@ -193,10 +193,11 @@ def compile_spec(spec):
         f.flush()
         usage = subprocess.run([_cuobjdump(), "-res-usage", f.name], capture_output=True, text=True).stdout
     fields = dict(re.findall(r"(REG|SHARED|LOCAL|STACK):(\d+)", usage))
+    ptx = compiled.asm["ptx"]
     # Triton inlines every call, so a stack frame means registers spilled to local memory.
     result.update(status="ok", registers=int(fields.get("REG", -1)), spill_bytes=int(fields.get("STACK", -1)),
                   shared_bytes=int(compiled.metadata.shared),
-                  tensor_cores="wgmma" if "wgmma" in compiled.asm["ptx"] else ("mma" if "mma.sync" in compiled.asm["ptx"] else None))
+                  tensor_cores="wgmma" if "wgmma" in ptx else ("mma" if "mma.sync" in ptx else None))
     return result
 
 

@@ -27,9 +27,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._triton import compute_dtype, tl, triton
-from .bias_act import (ACT_CODES, _act_fwd, _act_grad, _bias_act_grad2_op, _bias_act_grad_op, _scalars, _split,
-                       activation_funcs)
+from ._triton import compute_dtype, tl, torch_compute_dtype, triton
+from ._implicit_gemm import _strides_nchw, act_code, memory_format_of
+from .bias_act import (_act_fwd, _act_grad, _bias_act_grad2_op, _bias_act_grad_op, _scalars, _split,
+                       activation_funcs, is_nonlinear)
 
 BLOCK_P = 64  # pixels per tile
 BLOCK_O_MAX = 64  # channels per tile
@@ -91,33 +92,11 @@ def _conv_epilogue_grad_kernel(
         tl.store(gbias_ptr + part_offs, tl.sum(tl.where(mask, gpre, 0.0), axis=0), mask=o_mask)
 
 
-def _layout_of(t):
-    if not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def _sum_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _act_code(act):
-    return 0 if act == "linear" else ACT_CODES[act]
-
-
-def _strides4(t):
-    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
-
-
-def _is_nonlinear(act, clamp):
-    return act != "linear" or clamp is not None
-
-
 def _launch(gy, conv, scale, noise, bias, act, alpha, gain, clamp, need_scale, need_bias):
     N, O, OH, OW = gy.shape
-    store_gpre = _is_nonlinear(act, clamp)
-    gpre = torch.empty_like(gy, memory_format=_layout_of(gy)) if store_gpre else gy.new_empty(0)
-    sum_dtype = _sum_dtype(gy.dtype)
+    store_gpre = is_nonlinear(act, clamp)
+    gpre = torch.empty_like(gy, memory_format=memory_format_of(gy)) if store_gpre else gy.new_empty(0)
+    sum_dtype = torch_compute_dtype(gy.dtype)
     block_o = max(16, min(BLOCK_O_MAX, triton.next_power_of_2(O)))
     grid = (triton.cdiv(OH * OW, BLOCK_P), triton.cdiv(O, block_o), N)
     parts = (grid[0], N, O)
@@ -132,14 +111,15 @@ def _launch(gy, conv, scale, noise, bias, act, alpha, gain, clamp, need_scale, n
     _conv_epilogue_grad_kernel[grid](
         gy, cv, sc, nz, bs, gpre, gscale if need_scale else gpre, gbias if need_bias else gpre,
         O, OH * OW, OW,
-        *_strides4(gy), *(_strides4(conv) if conv is not None else (0, 0, 0, 0)),
+        *_strides_nchw(gy), *(_strides_nchw(conv) if conv is not None else (0, 0, 0, 0)),
         *(scale.stride() if scale is not None else (0, 0)),
-        *(_strides4(noise) if noise is not None else (0, 0, 0, 0)),
-        *(_strides4(gpre) if store_gpre else (0, 0, 0, 0)),
+        *(_strides_nchw(noise) if noise is not None else (0, 0, 0, 0)),
+        *(_strides_nchw(gpre) if store_gpre else (0, 0, 0, 0)),
         N * O, O,
         *_split(float(alpha)), *_split(float(gain)), *_split(float(clamp if clamp is not None else 0.0)),
-        HAS_SCALE=scale is not None, HAS_NOISE=noise is not None, HAS_BIAS=bias is not None, ACT=_act_code(act),
-        HAS_CLAMP=clamp is not None, NEED_SCALE=need_scale, NEED_BIAS=need_bias, STORE_GPRE=store_gpre, COMPUTE=compute_dtype(gy.dtype),
+        HAS_SCALE=scale is not None, HAS_NOISE=noise is not None, HAS_BIAS=bias is not None, ACT=act_code(act),
+        HAS_CLAMP=clamp is not None, NEED_SCALE=need_scale, NEED_BIAS=need_bias, STORE_GPRE=store_gpre,
+        COMPUTE=compute_dtype(gy.dtype),
         BLOCK_P=BLOCK_P, BLOCK_O=block_o, num_warps=4,
     )
     return gpre, (gscale.sum(0) if need_scale else gscale), (gbias.sum((0, 1)) if need_bias else gbias)
@@ -155,8 +135,8 @@ def _conv_epilogue_grad_op(gy: Tensor, conv: Optional[Tensor], scale: Optional[T
 @_conv_epilogue_grad_op.register_fake
 def _(gy, conv, scale, noise, bias, act, alpha, gain, clamp, need_scale, need_bias):
     N, O = gy.shape[0], gy.shape[1]
-    sum_dtype = _sum_dtype(gy.dtype)
-    return (torch.empty_like(gy, memory_format=_layout_of(gy)) if _is_nonlinear(act, clamp) else gy.new_empty(0),
+    sum_dtype = torch_compute_dtype(gy.dtype)
+    return (torch.empty_like(gy, memory_format=memory_format_of(gy)) if is_nonlinear(act, clamp) else gy.new_empty(0),
             gy.new_empty((N, O) if need_scale else (0,), dtype=sum_dtype),
             gy.new_empty((O,) if need_bias else (0,), dtype=sum_dtype))
 
@@ -175,7 +155,7 @@ def _setup_context(ctx, inputs, output):
     ctx.epi = (act, alpha, gain, clamp)
     ctx.needs = (need_scale, need_bias)
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(gy, conv, scale, noise, bias, output[0] if need_scale and _is_nonlinear(act, clamp) else None)
+    ctx.save_for_backward(gy, conv, scale, noise, bias, output[0] if need_scale and is_nonlinear(act, clamp) else None)
 
 
 def _backward(ctx, g_gpre, g_gscale, g_gbias):
@@ -185,7 +165,7 @@ def _backward(ctx, g_gpre, g_gscale, g_gbias):
     act, alpha, gain, clamp = ctx.epi
     need_scale, need_bias = ctx.needs
     nx = ctx.needs_input_grad
-    nonlinear = _is_nonlinear(act, clamp)
+    nonlinear = is_nonlinear(act, clamp)
     if not nonlinear:  # gpre was not an output (the wrapper made gy * gain itself)
         g_gpre, gpre = None, gy * gain
     t = torch.zeros_like(gy) if g_gpre is None else g_gpre
@@ -229,6 +209,6 @@ def conv_epilogue_grad(gy, conv, scale=None, noise=None, bias=None, *, act="line
     gpre, gscale, gbias = _conv_epilogue_grad_op(gy, conv, scale, noise, bias, act, float(alpha), float(gain),
                                                  None if clamp is None else float(clamp), bool(need_scale),
                                                  bool(need_bias))
-    if not _is_nonlinear(act, clamp):
+    if not is_nonlinear(act, clamp):
         gpre = gy if gain == 1 else gy * gain
     return gpre, gscale, gbias

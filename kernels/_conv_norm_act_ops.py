@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _conv_norm_act_triton as K
+from ._triton import torch_compute_dtype
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,7 +115,7 @@ def _cna_conv_op(x: Tensor, w: Tensor, bias: Optional[Tensor], stride: List[int]
     y, psum, pm2, pcnt, group = K.conv_fwd(x, w, bias, _geom(stride, padding, dilation), transposed,
                                            reflect, (out_h, out_w), act, alpha, stats)
     if stats == K.STATS_NONE:
-        empty = torch.empty((0,), dtype=K._stat_dtype(x.dtype), device=x.device)
+        empty = torch.empty((0,), dtype=torch_compute_dtype(x.dtype), device=x.device)
         return y, empty, empty.clone()
     mean, var = K.merge_partial_stats(psum, pm2, pcnt, group, x.shape[0])
     return y, mean, var
@@ -125,7 +126,7 @@ def _(x, w, bias, stride, padding, dilation, transposed, reflect, out_h, out_w, 
     c_out = w.shape[1] if transposed else w.shape[0]
     y = K._out_like((x.shape[0], c_out, out_h, out_w), x)
     shape = _stats_shape(x, c_out, stats)
-    sdt = K._stat_dtype(x.dtype)
+    sdt = torch_compute_dtype(x.dtype)
     return y, x.new_empty(shape, dtype=sdt), x.new_empty(shape, dtype=sdt)
 
 
@@ -347,7 +348,7 @@ def conv_norm_act_triton(x, weight, bias, geom, transposed, reflect, out_hw, nor
 
 def fold_norm_into_conv(weight, bias, gamma, beta, running_mean, running_var, eps, transposed):
     """Weights and bias of the conv that equals conv followed by an inference-mode normalization."""
-    cdt = K._stat_dtype(weight.dtype)
+    cdt = torch_compute_dtype(weight.dtype)
     scale = torch.rsqrt(running_var.to(cdt) + eps)
     if gamma is not None:
         scale = scale * gamma.to(cdt)

@@ -21,7 +21,7 @@ import torch
 
 from ._dispatch import interpreter_active
 from ._implicit_gemm import _mma  # acc += a @ b, shared with the modulated-conv kernels
-from ._triton import compute_dtype, tl, triton
+from ._triton import compute_dtype, tl, torch_compute_dtype, triton
 
 ACT_CODES = {"linear": 0, "relu": 1, "lrelu": 2, "tanh": 3, "sigmoid": 4}
 STATS_NONE, STATS_BATCH, STATS_INSTANCE = 0, 1, 2
@@ -205,7 +205,8 @@ def _conv_fwd_kernel(
         if pid_n == 0:
             tl.store(pcnt_ptr + tile, cnt)
     acc = _apply_act(acc, alpha, ACT)
-    y_off = n_row.to(tl.int64)[:, None] * syn + co[None, :].to(tl.int64) * syc + (oh.to(tl.int64) * syh + ow * syw)[:, None]
+    y_off = (n_row.to(tl.int64)[:, None] * syn + co[None, :].to(tl.int64) * syc
+             + (oh.to(tl.int64) * syh + ow * syw)[:, None])
     tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
@@ -432,15 +433,11 @@ def _alpha_tensor(alpha, act_code, like):
     """lrelu's slope as a 1-element tensor (cached: one per value, dtype and device); any pointer otherwise."""
     if act_code != ACT_CODES["lrelu"]:
         return like
-    key = (float(alpha), _stat_dtype(like.dtype), like.device)
+    key = (float(alpha), torch_compute_dtype(like.dtype), like.device)
     t = _ALPHA_CACHE.get(key)
     if t is None:
         t = _ALPHA_CACHE[key] = torch.full((1,), key[0], dtype=key[1], device=like.device)
     return t
-
-
-def _stat_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def conv_fwd(x, w, bias, geom, transposed, reflect, out_hw, act_code, alpha, stats):
@@ -469,7 +466,7 @@ def conv_fwd(x, w, bias, geom, transposed, reflect, out_hw, act_code, alpha, sta
     else:
         tiles_per_sample = 1
         grid_m = triton.cdiv(N * phase_hw, BLOCK_M)
-    sdt = _stat_dtype(x.dtype)
+    sdt = torch_compute_dtype(x.dtype)
     if stats:
         psum = torch.empty((phases * grid_m, C_out), dtype=sdt, device=x.device)
         pm2 = torch.empty((phases * grid_m, C_out), dtype=sdt, device=x.device)
@@ -531,7 +528,7 @@ def conv_wgrad(L, S, geom, reflect, kernel_hw, out_dtype):
     split = max(1, min(triton.cdiv(r_total, 1024), 256 // max(tiles, 1)))
     r_per_split = triton.cdiv(triton.cdiv(r_total, split), BLOCK_K) * BLOCK_K
     split = triton.cdiv(r_total, r_per_split)
-    acc_dtype = _stat_dtype(L.dtype)
+    acc_dtype = torch_compute_dtype(L.dtype)
     out = torch.empty((split, C_S, C_L, KH, KW), dtype=acc_dtype, device=L.device)
     grid = (triton.cdiv(C_S, BLOCK_M), triton.cdiv(C_L, BLOCK_N), split * KH * KW)
     _conv_wgrad_kernel[grid](
@@ -584,7 +581,7 @@ def norm_act_bwd(g, y, mean, rstd, nw, nb, instance, act_code, alpha):
     N, C, H, W = y.shape
     grid, tps, BR, BC = _norm_grid(y, instance)
     affine = nw is not None
-    sdt = _stat_dtype(y.dtype)
+    sdt = torch_compute_dtype(y.dtype)
     psum = torch.empty((grid[0], C), dtype=sdt, device=y.device)
     psumx = torch.empty((grid[0], C), dtype=sdt, device=y.device)
     common = dict(INSTANCE=instance, HAS_AFFINE=affine, ACT=act_code, CDTYPE=compute_dtype(y.dtype),

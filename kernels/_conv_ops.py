@@ -24,7 +24,9 @@ import torch
 from torch import Tensor
 
 from . import _implicit_gemm as _ig
+from ._triton import torch_compute_dtype
 from ._conv_epilogue_grad import conv_epilogue_grad
+from .bias_act import is_nonlinear
 
 _weight_gradients_disabled = False
 
@@ -47,12 +49,6 @@ def weight_gradients_disabled() -> bool:
     return _weight_gradients_disabled
 
 
-def _layout_of(x):
-    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # fusegan::conv2d_fused
 
@@ -68,16 +64,12 @@ def _conv2d_fused_op(x: Tensor, w: Tensor, in_scale: Optional[Tensor], out_scale
                                gain=gain, clamp=clamp, save_conv=save_conv)
 
 
-def _dot_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 @_conv2d_fused_op.register_fake
 def _(x, w, in_scale, out_scale, noise, bias, aux, stride, pad_y, pad_x, out_h, out_w, transposed, act, alpha, gain,
       clamp, save_conv):
     y = torch.empty((x.shape[0], w.shape[0], out_h, out_w), dtype=x.dtype, device=x.device,
-                    memory_format=_layout_of(x))
-    dot = x.new_empty((x.shape[0], w.shape[0]) if aux is not None else (0,), dtype=_dot_dtype(x.dtype))
+                    memory_format=_ig.memory_format_of(x))
+    dot = x.new_empty((x.shape[0], w.shape[0]) if aux is not None else (0,), dtype=torch_compute_dtype(x.dtype))
     return y, (torch.empty_like(y) if save_conv else y.new_empty(0)), dot
 
 
@@ -164,7 +156,7 @@ def _fused_backward(ctx, gy, g_conv, g_dot):
     act, alpha, gain, clamp = ctx.epi
     stride, pad_y, pad_x, transposed = ctx.geo
     nx = ctx.needs_input_grad
-    nonlinear = not (act == "linear" and clamp is None)
+    nonlinear = is_nonlinear(act, clamp)
     need_aux = g_dot is not None and nx[6]
     if conv is None and (nonlinear or nx[3] or need_aux):
         # The forward did not keep the conv output (save_conv=False), so it is recomputed once here for the

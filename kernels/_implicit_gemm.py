@@ -26,7 +26,7 @@ on every GPU backend.
 """
 import torch
 
-from ._triton import compute_dtype, tl, triton
+from ._triton import compute_dtype, tl, torch_compute_dtype, triton
 
 # Activation math and the fp64-exact scalar passing are bias_act's own jit helpers, so both ops agree bit for bit.
 from .bias_act import ACT_CODES, _act_fwd, _scalars, _split
@@ -257,6 +257,14 @@ def _allow_tf32(dtype):
     return dtype == torch.float32 and bool(torch.backends.cuda.matmul.allow_tf32)
 
 
+def memory_format_of(t):
+    """channels_last for an NHWC-dense 4-D tensor that is not also NCHW-contiguous, else contiguous_format: the
+    layout the conv kernels give their outputs."""
+    if t.ndim == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def index_dtype(*tensors):
     """int64 index math where a tensor passes 2**31 elements, and under the CPU interpreter (whose integer-overflow
     sanitizer, always on there, skips 64-bit math and otherwise dominates the run time); int32 on the GPU otherwise,
@@ -286,11 +294,9 @@ def conv_fwd_triton(x, w, in_scale=None, out_scale=None, noise=None, bias=None, 
     """
     N, C, H, W = x.shape
     O, _, KH, KW = w.shape
-    fmt = torch.channels_last if (x.ndim == 4 and not x.is_contiguous()
-                                  and x.is_contiguous(memory_format=torch.channels_last)) else torch.contiguous_format
-    y = torch.empty((N, O, out_h, out_w), dtype=x.dtype, device=x.device, memory_format=fmt)
+    y = torch.empty((N, O, out_h, out_w), dtype=x.dtype, device=x.device, memory_format=memory_format_of(x))
     conv = torch.empty_like(y) if save_conv else y.new_empty(0)
-    dot = y.new_empty(0, dtype=_partial_dtype(x.dtype))
+    dot = y.new_empty(0, dtype=torch_compute_dtype(x.dtype))
     if y.numel() == 0:
         return y, conv, (y.new_zeros((N, O), dtype=dot.dtype) if aux is not None else dot)
     # The weight as the GEMM's [K, N] operand: [KH, KW, C, O] contiguous, so every weight-tile load is coalesced
@@ -307,7 +313,7 @@ def conv_fwd_triton(x, w, in_scale=None, out_scale=None, noise=None, bias=None, 
         grid_m = triton.cdiv(out_h * out_w, BM)
     grid = (grid_m, triton.cdiv(O, BN), N)
     if aux is not None:  # per-M-tile partial sums: every (M tile, sample, channel) is written by one program
-        dot = torch.empty((grid_m, N, O), dtype=_partial_dtype(x.dtype), device=x.device)
+        dot = torch.empty((grid_m, N, O), dtype=torch_compute_dtype(x.dtype), device=x.device)
     dummy = x
     ins, outs = in_scale if in_scale is not None else dummy, out_scale if out_scale is not None else dummy
     nz, bs = noise if noise is not None else dummy, bias if bias is not None else dummy
@@ -335,6 +341,10 @@ def conv_fwd_triton(x, w, in_scale=None, out_scale=None, noise=None, bias=None, 
     return y, conv, (dot.sum(0) if aux is not None else dot)
 
 
+WGRAD_TARGET_PROGRAMS = 1024
+WGRAD_MIN_CHUNK = 2048
+
+
 def _wgrad_splits(tiles, reduction, block):
     """Split-K for the weight gradient: its output is only CA x CB*KH*KW (3 x 512 for ToRGB, 64 x 48 for a
     3-channel first layer), so without splitting the long reduction over batch x pixels a handful of programs
@@ -343,14 +353,6 @@ def _wgrad_splits(tiles, reduction, block):
     splits = max(1, min(triton.cdiv(reduction, WGRAD_MIN_CHUNK), triton.cdiv(WGRAD_TARGET_PROGRAMS, tiles)))
     per_split = triton.cdiv(triton.cdiv(reduction, splits), block) * block
     return triton.cdiv(reduction, per_split), per_split
-
-
-WGRAD_TARGET_PROGRAMS = 1024
-WGRAD_MIN_CHUNK = 2048
-
-
-def _partial_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def conv_wgrad_triton(a, b, a_scale=None, b_scale=None, *, stride=1, pad_y=0, pad_x=0, kh, kw, out_dtype=None):
@@ -369,7 +371,7 @@ def conv_wgrad_triton(a, b, a_scale=None, b_scale=None, *, stride=1, pad_y=0, pa
     tiles = triton.cdiv(CA, BA) * triton.cdiv(kh * kw * CB, BB)
     splits, per_split = _wgrad_splits(tiles, N * PH * PW, BP)
     # One chunk writes the result directly; several write fp32 (compute dtype) partials that are summed after.
-    g = torch.empty((splits, CA, CB, kh, kw), dtype=out_dtype if splits == 1 else _partial_dtype(a.dtype),
+    g = torch.empty((splits, CA, CB, kh, kw), dtype=out_dtype if splits == 1 else torch_compute_dtype(a.dtype),
                     device=a.device)
     grid = (triton.cdiv(CA, BA), triton.cdiv(kh * kw * CB, BB), splits)
     dummy = a

@@ -29,3 +29,10 @@ def compute_dtype(dtype):
     import torch
 
     return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def torch_compute_dtype(dtype):
+    """The same as a torch dtype: what kernels accumulate partial sums in (fp64 for fp64 inputs, else fp32)."""
+    import torch
+
+    return torch.float64 if dtype == torch.float64 else torch.float32

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._dispatch import resolve_impl
-from ._triton import compute_dtype, tl, triton
+from ._triton import compute_dtype, tl, torch_compute_dtype, triton
 from ._validate import check_dim, check_finite_number, check_same_device, check_tensor
 
 __all__ = ["activation_funcs", "bias_act"]
@@ -355,10 +355,6 @@ def _geometry(x: Tensor, dim: int, has_bias: bool):
     return R, K, C, chan_is_col, block_r, block_k, grid
 
 
-def _torch_compute_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _bias_act_fwd_triton(x, b, dim, act, alpha, gain, clamp):
     x = _dense(x)
     y = torch.empty_like(x)
@@ -379,7 +375,7 @@ def _launch_grad(kernel, grads, x, b, dim, act, alpha, gain, clamp, need_db):
     grads = [_like(t, x) for t in grads]
     need_db = need_db and b is not None
     out = torch.empty_like(x)
-    db = torch.zeros(x.shape[dim] if need_db else 0, dtype=_torch_compute_dtype(x.dtype), device=x.device)
+    db = torch.zeros(x.shape[dim] if need_db else 0, dtype=torch_compute_dtype(x.dtype), device=x.device)
     if x.numel() > 0:
         R, K, C, chan_is_col, block_r, block_k, grid = _geometry(x, dim, b is not None)
         kernel[grid](
@@ -492,6 +488,11 @@ _bias_act_grad_op.register_autograd(_grad_backward, setup_context=_grad_setup_co
 # ----------------------------------------------------------------------------------------------
 # 5. Public function
 # ----------------------------------------------------------------------------------------------
+def is_nonlinear(act, clamp):
+    """Whether an epilogue's gradient depends on its pre-activation (otherwise it is dy * gain)."""
+    return act != "linear" or clamp is not None
+
+
 def resolve_act_args(act, alpha, gain, clamp):
     """Checks `act`, `alpha`, `gain`, `clamp` and fills in the activation's defaults (NVIDIA's).
 

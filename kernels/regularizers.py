@@ -27,14 +27,10 @@ from torch import Tensor
 
 from ._dispatch import resolve_impl
 from ._loss_math import dense, dense_like
-from ._triton import compute_dtype, tl, triton
+from ._triton import compute_dtype, tl, torch_compute_dtype, triton
 from ._validate import check_finite_number, check_same_device, check_tensor
 
 ROW_BLOCK = 4096
-
-
-def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _safe_sqrt(s: Tensor) -> Tensor:
@@ -47,7 +43,7 @@ def _safe_sqrt(s: Tensor) -> Tensor:
 # References
 # ---------------------------------------------------------------------------------------------
 def _sumsq_ref(grad: Tensor) -> Tensor:
-    return grad.to(_accumulate_dtype(grad.dtype)).square().sum(dim=tuple(range(1, grad.ndim)))
+    return grad.to(torch_compute_dtype(grad.dtype)).square().sum(dim=tuple(range(1, grad.ndim)))
 
 
 def _r1_penalty_ref(grad: Tensor) -> Tensor:
@@ -55,12 +51,12 @@ def _r1_penalty_ref(grad: Tensor) -> Tensor:
 
 
 def _gradient_penalty_ref(grad: Tensor, center: float) -> Tensor:
-    g = grad.to(_accumulate_dtype(grad.dtype)).flatten(1)
+    g = grad.to(torch_compute_dtype(grad.dtype)).flatten(1)
     return (torch.linalg.vector_norm(g, dim=1) - center).square()
 
 
 def _path_lengths_ref(grad_ws: Tensor) -> Tensor:
-    return grad_ws.to(_accumulate_dtype(grad_ws.dtype)).square().sum(2).mean(1).sqrt()
+    return grad_ws.to(torch_compute_dtype(grad_ws.dtype)).square().sum(2).mean(1).sqrt()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,7 +104,7 @@ def _row_dot_triton(a: Tensor, b: Tensor = None) -> Tensor:
     a = dense(a)
     square = b is None
     b = a if square else dense_like(b, a)
-    out = torch.zeros(a.shape[0], dtype=_accumulate_dtype(a.dtype), device=a.device)
+    out = torch.zeros(a.shape[0], dtype=torch_compute_dtype(a.dtype), device=a.device)
     grid, row_len = _row_grid(a)
     if a.numel() > 0:
         _row_dot_kernel[grid](a, b, out, row_len, SQUARE=square, BLOCK=ROW_BLOCK, CDTYPE=compute_dtype(a.dtype))
@@ -145,12 +141,12 @@ def _row_scale_op(x: Tensor, coef: Tensor) -> Tensor:
 
 @_row_sumsq_op.register_fake
 def _(x):
-    return x.new_empty(x.shape[0], dtype=_accumulate_dtype(x.dtype))
+    return x.new_empty(x.shape[0], dtype=torch_compute_dtype(x.dtype))
 
 
 @_row_dot_op.register_fake
 def _(a, b):
-    return a.new_empty(a.shape[0], dtype=_accumulate_dtype(a.dtype))
+    return a.new_empty(a.shape[0], dtype=torch_compute_dtype(a.dtype))
 
 
 @_row_scale_op.register_fake
@@ -227,7 +223,7 @@ def gradient_penalty(grad: Tensor, center: float = 1.0, impl=None) -> Tensor:
 def _check_pl_mean(pl_mean, grad_ws: Tensor) -> Tensor:
     if isinstance(pl_mean, numbers.Real) and not isinstance(pl_mean, bool):
         check_finite_number(pl_mean, "pl_mean", allow_none=False)
-        return torch.tensor(float(pl_mean), dtype=_accumulate_dtype(grad_ws.dtype), device=grad_ws.device)
+        return torch.tensor(float(pl_mean), dtype=torch_compute_dtype(grad_ws.dtype), device=grad_ws.device)
     check_tensor(pl_mean, "pl_mean")
     if pl_mean.numel() != 1:
         raise ValueError(f"pl_mean must hold one value, got shape {tuple(pl_mean.shape)}")

@@ -29,7 +29,8 @@ from ._triton import compute_dtype, tl, triton
 from ._validate import check_finite_number, check_positive_int, check_same_device, check_tensor, is_channels_last, same_layout_empty
 # The epilogue's activation math, its fp64-exact scalar passing and its gradient are bias_act's own (imported, not
 # copied), so the fused FIR + bias_act computes exactly bias_act's math.
-from .bias_act import ACT_CODES, _act_fwd, _bias_act_grad_op, _bias_act_ref, _scalars, _split, resolve_act_args
+from .bias_act import (ACT_CODES, _act_fwd, _bias_act_grad_op, _bias_act_ref, _scalars, _split, is_nonlinear,
+                       resolve_act_args)
 
 # ------------------------------------------------------------------------------------------------
 # Argument parsing and checks (shared by every entry point, all run before any launch).
@@ -394,11 +395,6 @@ _upfirdn2d_op.register_autograd(_backward, setup_context=_setup_context)
 # fusegan op with its own autograd (or a plain torch reduction), so this backward is differentiable too.
 
 
-def _is_nonlinear(act, clamp):
-    """Whether the epilogue's gradient depends on the pre-activation (otherwise it is dy * act_gain)."""
-    return act != "linear" or clamp is not None
-
-
 @torch.library.custom_op("fusegan::upfirdn2d_bias_act", mutates_args=())
 def _upfirdn2d_bias_act_op(
     x: Tensor, f: Tensor, noise: Optional[Tensor], bias: Optional[Tensor], up: List[int], down: List[int],
@@ -419,7 +415,7 @@ def _epilogue_setup_context(ctx, inputs, output):
     x, f, noise, bias, up, down, padding, flip_filter, gain, act, alpha, act_gain, clamp, save_pre = inputs
     ctx.set_materialize_grads(False)  # an unused output (pre) gets None, not a tensor of zeros
     # Without a saved pre the backward recomputes it (one FIR pass), which needs x and the noise.
-    recompute = _is_nonlinear(act, clamp) and not save_pre
+    recompute = is_nonlinear(act, clamp) and not save_pre
     ctx.save_for_backward(f, x if recompute else None, noise if recompute else None, bias,
                           output[1] if save_pre else None)
     ctx.x_hw = (x.shape[2], x.shape[3])
@@ -435,7 +431,7 @@ def _epilogue_backward(ctx, dy, dpre):
     need_x, _, need_noise, need_bias = ctx.needs_input_grad[:4]
     dz = db = None
     if dy is not None:
-        if _is_nonlinear(act, clamp):
+        if is_nonlinear(act, clamp):
             if pre is None:
                 pre = _upfirdn2d_bias_act_op(x, f, noise, None, up, down, padding, flip_filter, gain, "linear", 0.0,
                                              1.0, None, False)[0]
@@ -531,7 +527,7 @@ def upfirdn2d_bias_act(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1,
     if noise is None and bias is None and act == "linear" and act_gain == 1 and clamp is None:
         return _upfirdn2d_op(x, f, *fir_args)
     # In training, keep the pre-activation for the backward (one extra write) instead of recomputing it there.
-    save_pre = _is_nonlinear(act, clamp) and torch.is_grad_enabled() and any(
+    save_pre = is_nonlinear(act, clamp) and torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, noise, bias))
     y, _ = _upfirdn2d_bias_act_op(x, f, noise, bias, *fir_args, act, alpha, act_gain, clamp, save_pre)
     return y
