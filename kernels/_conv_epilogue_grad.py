@@ -10,11 +10,13 @@ Its backward needs, from the upstream gradient gy and the raw conv output the fo
     gpre        = gy * gain * act'(pre) * [|y| < clamp]          (the GEMMs' input for dX and dW)
     gscale[n, o] = sum_p gpre * conv                             (the demodulation gradient)
     gbias[o]     = sum_{n, p} gpre                               (the bias gradient)
+    gnoise[n, p] = sum_o gpre                                    (the gradient of StyleGAN2's [N, 1, H, W] noise)
 
 Composed from torch ops this is pre (up to 3 elementwise passes), bias_act's gradient kernel, a multiply and two
 reductions: about 8 passes over an activation-sized tensor. Here one kernel reads gy and conv once, rebuilds pre
-in registers, stores gpre and writes per-tile partial sums of gscale and gbias (added by one tiny torch sum:
-deterministic, no atomics). The noise gradient (a sum over channels of gpre) stays a torch reduction.
+in registers, stores gpre and writes per-tile partial sums of gscale, gbias and gnoise (added by small torch
+sums: deterministic, no atomics). gnoise is the channel sum, the gradient of noise that broadcasts over channels
+(StyleGAN2's); a per-channel noise's gradient is gpre itself, summed over its broadcast dims by the caller.
 
 Layout: tiles are [BLOCK_P pixels, BLOCK_O channels] read through strides, so NCHW and channels_last both
 coalesce (Triton orders each tile along whichever axis has unit stride); gpre is returned in gy's layout.
@@ -38,17 +40,18 @@ BLOCK_O_MAX = 64  # channels per tile
 
 @triton.jit
 def _conv_epilogue_grad_kernel(
-    gy_ptr, conv_ptr, scale_ptr, noise_ptr, bias_ptr, gpre_ptr, gscale_ptr, gbias_ptr,
+    gy_ptr, conv_ptr, scale_ptr, noise_ptr, bias_ptr, gpre_ptr, gscale_ptr, gbias_ptr, gnoise_ptr,
     O, P, OW,
     sgn, sgo, sgh, sgw,
     scn, sco, sch, scw,
     ssn, sso,
     snn, sno, snh, snw,
     son, soo, soh, sow,
-    spm, spn,
+    spm, spn, sqm, sqn,
     alpha_hi, alpha_lo, gain_hi, gain_lo, clamp_hi, clamp_lo,
     HAS_SCALE: tl.constexpr, HAS_NOISE: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
-    HAS_CLAMP: tl.constexpr, NEED_SCALE: tl.constexpr, NEED_BIAS: tl.constexpr, STORE_GPRE: tl.constexpr,
+    HAS_CLAMP: tl.constexpr, NEED_SCALE: tl.constexpr, NEED_BIAS: tl.constexpr, NEED_NOISE: tl.constexpr,
+    STORE_GPRE: tl.constexpr,
     COMPUTE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
@@ -90,55 +93,63 @@ def _conv_epilogue_grad_kernel(
         tl.store(gscale_ptr + part_offs, tl.sum(tl.where(mask, gpre * conv, 0.0), axis=0), mask=o_mask)
     if NEED_BIAS:
         tl.store(gbias_ptr + part_offs, tl.sum(tl.where(mask, gpre, 0.0), axis=0), mask=o_mask)
+    # And over this tile's channels, one row per (channel tile, sample): [O tiles, N, P].
+    if NEED_NOISE:
+        noise_offs = pid_o.to(tl.int64) * sqm + n * sqn + offs_p
+        tl.store(gnoise_ptr + noise_offs, tl.sum(tl.where(mask, gpre, 0.0), axis=1), mask=offs_p < P)
 
 
-def _launch(gy, conv, scale, noise, bias, act, alpha, gain, clamp, need_scale, need_bias):
+def _launch(gy, conv, scale, noise, bias, act, alpha, gain, clamp, need_scale, need_bias, need_noise):
     N, O, OH, OW = gy.shape
     store_gpre = is_nonlinear(act, clamp)
     gpre = torch.empty_like(gy, memory_format=memory_format_of(gy)) if store_gpre else gy.new_empty(0)
     sum_dtype = torch_compute_dtype(gy.dtype)
     block_o = max(16, min(BLOCK_O_MAX, triton.next_power_of_2(O)))
     grid = (triton.cdiv(OH * OW, BLOCK_P), triton.cdiv(O, block_o), N)
-    parts = (grid[0], N, O)
-    gscale = torch.empty(parts if need_scale else (0,), dtype=sum_dtype, device=gy.device)
-    gbias = torch.empty(parts if need_bias else (0,), dtype=sum_dtype, device=gy.device)
+    gscale = torch.empty((grid[0], N, O) if need_scale else (0,), dtype=sum_dtype, device=gy.device)
+    gbias = torch.empty((grid[0], N, O) if need_bias else (0,), dtype=sum_dtype, device=gy.device)
+    gnoise = torch.empty((grid[1], N, OH * OW) if need_noise else (0,), dtype=sum_dtype, device=gy.device)
     if gy.numel() == 0:
-        return gpre, gscale.new_zeros((N, O) if need_scale else (0,)), gbias.new_zeros((O,) if need_bias else (0,))
+        return (gpre, gscale.new_zeros((N, O) if need_scale else (0,)), gbias.new_zeros((O,) if need_bias else (0,)),
+                gnoise.new_zeros((N, 1, OH, OW) if need_noise else (0,)))
     if noise is not None:
         noise = noise.expand(N, O, OH, OW)
     dummy = gy
     cv, sc, nz, bs = (t if t is not None else dummy for t in (conv, scale, noise, bias))
     _conv_epilogue_grad_kernel[grid](
-        gy, cv, sc, nz, bs, gpre, gscale if need_scale else gpre, gbias if need_bias else gpre,
+        gy, cv, sc, nz, bs, gpre, *(t if t.numel() else dummy for t in (gscale, gbias, gnoise)),
         O, OH * OW, OW,
         *_strides_nchw(gy), *(_strides_nchw(conv) if conv is not None else (0, 0, 0, 0)),
         *(scale.stride() if scale is not None else (0, 0)),
         *(_strides_nchw(noise) if noise is not None else (0, 0, 0, 0)),
         *(_strides_nchw(gpre) if store_gpre else (0, 0, 0, 0)),
-        N * O, O,
+        N * O, O, N * OH * OW, OH * OW,
         *_split(float(alpha)), *_split(float(gain)), *_split(float(clamp if clamp is not None else 0.0)),
         HAS_SCALE=scale is not None, HAS_NOISE=noise is not None, HAS_BIAS=bias is not None, ACT=act_code(act),
-        HAS_CLAMP=clamp is not None, NEED_SCALE=need_scale, NEED_BIAS=need_bias, STORE_GPRE=store_gpre,
-        COMPUTE=compute_dtype(gy.dtype),
+        HAS_CLAMP=clamp is not None, NEED_SCALE=need_scale, NEED_BIAS=need_bias, NEED_NOISE=need_noise,
+        STORE_GPRE=store_gpre, COMPUTE=compute_dtype(gy.dtype),
         BLOCK_P=BLOCK_P, BLOCK_O=block_o, num_warps=4,
     )
-    return gpre, (gscale.sum(0) if need_scale else gscale), (gbias.sum((0, 1)) if need_bias else gbias)
+    return (gpre, gscale.sum(0) if need_scale else gscale, gbias.sum((0, 1)) if need_bias else gbias,
+            gnoise.sum(0).view(N, 1, OH, OW) if need_noise else gnoise)
 
 
 @torch.library.custom_op("fusegan::conv_epilogue_grad", mutates_args=())
 def _conv_epilogue_grad_op(gy: Tensor, conv: Optional[Tensor], scale: Optional[Tensor], noise: Optional[Tensor],
                            bias: Optional[Tensor], act: str, alpha: float, gain: float, clamp: Optional[float],
-                           need_scale: bool, need_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
-    return _launch(gy, conv, scale, noise, bias, act, alpha, gain, clamp, need_scale, need_bias)
+                           need_scale: bool, need_bias: bool,
+                           need_noise: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _launch(gy, conv, scale, noise, bias, act, alpha, gain, clamp, need_scale, need_bias, need_noise)
 
 
 @_conv_epilogue_grad_op.register_fake
-def _(gy, conv, scale, noise, bias, act, alpha, gain, clamp, need_scale, need_bias):
-    N, O = gy.shape[0], gy.shape[1]
+def _(gy, conv, scale, noise, bias, act, alpha, gain, clamp, need_scale, need_bias, need_noise):
+    N, O, OH, OW = gy.shape
     sum_dtype = torch_compute_dtype(gy.dtype)
     return (torch.empty_like(gy, memory_format=memory_format_of(gy)) if is_nonlinear(act, clamp) else gy.new_empty(0),
             gy.new_empty((N, O) if need_scale else (0,), dtype=sum_dtype),
-            gy.new_empty((O,) if need_bias else (0,), dtype=sum_dtype))
+            gy.new_empty((O,) if need_bias else (0,), dtype=sum_dtype),
+            gy.new_empty((N, 1, OH, OW) if need_noise else (0,), dtype=sum_dtype))
 
 
 def _pre_activation(conv, scale, noise, bias):
@@ -151,19 +162,19 @@ def _pre_activation(conv, scale, noise, bias):
 
 
 def _setup_context(ctx, inputs, output):
-    gy, conv, scale, noise, bias, act, alpha, gain, clamp, need_scale, need_bias = inputs
+    gy, conv, scale, noise, bias, act, alpha, gain, clamp, need_scale, need_bias, need_noise = inputs
     ctx.epi = (act, alpha, gain, clamp)
-    ctx.needs = (need_scale, need_bias)
+    ctx.needs = (need_scale, need_bias, need_noise)
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(gy, conv, scale, noise, bias, output[0] if need_scale and is_nonlinear(act, clamp) else None)
 
 
-def _backward(ctx, g_gpre, g_gscale, g_gbias):
-    """gpre is linear in gy and depends on pre = conv * scale + noise + bias through act'(pre); gscale and gbias
-    are sums of gpre (gscale weighted by conv). Everything here is a differentiable op."""
+def _backward(ctx, g_gpre, g_gscale, g_gbias, g_gnoise):
+    """gpre is linear in gy and depends on pre = conv * scale + noise + bias through act'(pre); gscale, gbias and
+    gnoise are sums of gpre (gscale weighted by conv). Everything here is a differentiable op."""
     gy, conv, scale, noise, bias, gpre = ctx.saved_tensors
     act, alpha, gain, clamp = ctx.epi
-    need_scale, need_bias = ctx.needs
+    need_scale, need_bias, need_noise = ctx.needs
     nx = ctx.needs_input_grad
     nonlinear = is_nonlinear(act, clamp)
     if not nonlinear:  # gpre was not an output (the wrapper made gy * gain itself)
@@ -173,6 +184,8 @@ def _backward(ctx, g_gpre, g_gscale, g_gbias):
         t = t + (g_gscale[:, :, None, None] * conv).to(t.dtype)
     if need_bias and g_gbias is not None:
         t = t + g_gbias.to(t.dtype)[None, :, None, None]
+    if need_noise and g_gnoise is not None:
+        t = t + g_gnoise.to(t.dtype)  # [N, 1, H, W]: the same for every channel
     kernel_clamp = -1.0 if clamp is None else clamp
     pre = _pre_activation(conv, scale, noise, bias) if nonlinear else None
     d_gy = d_conv = d_scale = d_noise = d_bias = None
@@ -194,21 +207,28 @@ def _backward(ctx, g_gpre, g_gscale, g_gbias):
             d_noise = d_pre.sum_to_size(noise.shape).to(noise.dtype)
         if nx[4]:
             d_bias = d_pre.sum(dim=(0, 2, 3)).to(bias.dtype)
-    return d_gy, d_conv, d_scale, d_noise, d_bias, None, None, None, None, None, None
+    return d_gy, d_conv, d_scale, d_noise, d_bias, None, None, None, None, None, None, None
 
 
 _conv_epilogue_grad_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def conv_epilogue_grad(gy, conv, scale=None, noise=None, bias=None, *, act="linear", alpha=0.0, gain=1.0,
-                       clamp=None, need_scale=False, need_bias=False):
-    """(gpre, gscale, gbias) of the conv epilogue, see the module docstring. `conv` may be None when neither the
-    activation/clamp nor the scale gradient needs it. gscale [N, O] and gbias [O] are fp32 (fp64 for fp64 inputs),
-    empty when not asked for. With a linear, unclamped epilogue gpre is gy * gain (gy itself when gain is 1), made
-    here rather than stored by the kernel."""
-    gpre, gscale, gbias = _conv_epilogue_grad_op(gy, conv, scale, noise, bias, act, float(alpha), float(gain),
-                                                 None if clamp is None else float(clamp), bool(need_scale),
-                                                 bool(need_bias))
+                       clamp=None, need_scale=False, need_bias=False, need_noise=False):
+    """(gpre, gscale, gbias, gnoise) of the conv epilogue, see the module docstring. `conv` may be None when
+    neither the activation/clamp nor the scale gradient needs it. gscale [N, O], gbias [O] and gnoise
+    [N, 1, H, W] (the channel sum of gpre) are fp32 (fp64 for fp64 inputs), empty when not asked for. With a
+    linear, unclamped epilogue gpre is gy * gain (gy itself when gain is 1), made here rather than stored by the
+    kernel."""
+    gpre, gscale, gbias, gnoise = _conv_epilogue_grad_op(gy, conv, scale, noise, bias, act, float(alpha),
+                                                         float(gain), None if clamp is None else float(clamp),
+                                                         bool(need_scale), bool(need_bias), bool(need_noise))
     if not is_nonlinear(act, clamp):
         gpre = gy if gain == 1 else gy * gain
-    return gpre, gscale, gbias
+    return gpre, gscale, gbias, gnoise
+
+
+def noise_is_channel_broadcast(noise_shape) -> bool:
+    """Whether a noise of this shape (broadcast against [N, C, H, W]) is shared by all channels, so that its
+    gradient comes from the kernel's channel sum (StyleGAN2's [N, 1, H, W] and [H, W] noise)."""
+    return len(noise_shape) < 3 or noise_shape[-3] == 1

@@ -9,11 +9,12 @@ Two ops, closed under differentiation (so gradients of any order run on the same
   (the weight gradient; one kernel, a reduction over the batch).
 
 Backward of conv2d_fused (gy), three kernels in training:
-  gpre, gout_scale = sum_p gpre * conv, gbias = sum gpre: ONE pass, `fusegan::conv_epilogue_grad` (the activation/
-      gain/clamp gradient with pre rebuilt from the conv output the forward saved, or recomputed once);
+  gpre, gout_scale = sum_p gpre * conv, gbias = sum gpre, gnoise = sum_o gpre: ONE pass,
+      `fusegan::conv_epilogue_grad` (the activation/gain/clamp gradient with pre rebuilt from the conv output the
+      forward saved, or recomputed once);
   gx = in_scale * conv^T(out_scale * gpre, w) and gin_scale = sum_p x * conv^T(...): ONE GEMM, the adjoint conv
       (conv2d_fused with the transposed flag flipped) whose epilogue also reduces the style gradient;
-  gw: ONE conv2d_wgrad.  (gnoise, a sum of gpre over channels, is a torch reduction.)
+  gw: ONE conv2d_wgrad.
 Backward of conv2d_wgrad: two conv2d_fused calls. Everything in both backwards is a fusegan op or a plain
 differentiable torch op, so the backward is itself differentiable (gradgradcheck, path-length regularization).
 """
@@ -25,7 +26,7 @@ from torch import Tensor
 
 from . import _implicit_gemm as _ig
 from ._triton import torch_compute_dtype
-from ._conv_epilogue_grad import conv_epilogue_grad
+from ._conv_epilogue_grad import conv_epilogue_grad, noise_is_channel_broadcast
 from .bias_act import is_nonlinear
 
 _weight_gradients_disabled = False
@@ -164,17 +165,23 @@ def _fused_backward(ctx, gy, g_conv, g_dot):
         conv = conv2d_fused(x, w, in_scale, None, stride=stride, pad_y=pad_y, pad_x=pad_x, out_h=ctx.out_hw[0],
                             out_w=ctx.out_hw[1], transposed=transposed)
     gnoise = gbias = gos = None
-    if nonlinear or nx[3] or nx[5]:
+    noise_in_kernel = nx[4] and noise_is_channel_broadcast(ctx.noise_shape)
+    if nonlinear or nx[3] or nx[5] or noise_in_kernel:
         # ONE pass (fusegan::conv_epilogue_grad): the activation/clamp gradient with pre rebuilt in registers,
-        # and, from the same tiles, the demodulation and bias gradients. Differentiable, for double backward.
-        gpre, gos, gbias = conv_epilogue_grad(gy, conv if (nonlinear or nx[3]) else None, out_scale, noise, bias,
-                                              act=act, alpha=alpha, gain=gain, clamp=clamp, need_scale=nx[3],
-                                              need_bias=nx[5])
+        # and, from the same tiles, the demodulation, bias and noise gradients. Differentiable, for double
+        # backward.
+        gpre, gos, gbias, gnoise = conv_epilogue_grad(gy, conv if (nonlinear or nx[3]) else None, out_scale, noise,
+                                                      bias, act=act, alpha=alpha, gain=gain, clamp=clamp,
+                                                      need_scale=nx[3], need_bias=nx[5], need_noise=noise_in_kernel)
         gos = gos.to(out_scale.dtype) if nx[3] else None
         gbias = gbias.to(ctx.bias_dtype) if nx[5] else None
     else:
         gpre = gy if gain == 1 else gy * gain
-    if nx[4]:
+    if noise_in_kernel:
+        gnoise = gnoise.sum_to_size(ctx.noise_shape).to(ctx.noise_dtype)  # [N, 1, H, W] -> the noise's own shape
+    elif not nx[4]:
+        gnoise = None
+    else:  # noise with its own channels: its gradient is gpre, summed over the broadcast dims only
         gnoise = gpre.sum_to_size(ctx.noise_shape).to(ctx.noise_dtype)
     gaux = None
     if g_dot is not None:  # dot = sum_p aux * conv: its gradient reaches the raw conv output and aux

@@ -27,10 +27,10 @@ from torch import Tensor
 from ._dispatch import interpreter_active, resolve_impl
 from ._triton import compute_dtype, tl, triton
 from ._validate import check_finite_number, check_positive_int, check_same_device, check_tensor, is_channels_last, same_layout_empty
-# The epilogue's activation math, its fp64-exact scalar passing and its gradient are bias_act's own (imported, not
-# copied), so the fused FIR + bias_act computes exactly bias_act's math.
-from .bias_act import (ACT_CODES, _act_fwd, _bias_act_grad_op, _bias_act_ref, _scalars, _split, is_nonlinear,
-                       resolve_act_args)
+# The epilogue's activation math and its fp64-exact scalar passing are bias_act's own (imported, not copied), so
+# the fused FIR + bias_act computes exactly bias_act's math; its gradient is the conv epilogue's one-pass backward.
+from ._conv_epilogue_grad import conv_epilogue_grad, noise_is_channel_broadcast
+from .bias_act import ACT_CODES, _act_fwd, _bias_act_ref, _scalars, _split, is_nonlinear, resolve_act_args
 
 # ------------------------------------------------------------------------------------------------
 # Argument parsing and checks (shared by every entry point, all run before any launch).
@@ -390,9 +390,10 @@ def _backward(ctx, dy):
 _upfirdn2d_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-# FIR + noise + bias + activation. Backward: bias_act's gradient op on the saved pre-activation (dz, with db fused
-# into it), dnoise = the sum of dz over the broadcast dims, then dx = upfirdn2d's adjoint of dz. Every piece is a
-# fusegan op with its own autograd (or a plain torch reduction), so this backward is differentiable too.
+# FIR + noise + bias + activation. Backward: ONE pass of fusegan::conv_epilogue_grad on the saved pre-activation
+# (dz, with db and, for noise shared by the channels, dnoise reduced from the same tiles), then dx = upfirdn2d's
+# adjoint of dz. Every piece is a fusegan op with its own autograd (or a plain torch reduction), so this backward
+# is differentiable too.
 
 
 @torch.library.custom_op("fusegan::upfirdn2d_bias_act", mutates_args=())
@@ -429,31 +430,40 @@ def _epilogue_backward(ctx, dy, dpre):
     up, down, padding, flip_filter, gain = ctx.fir
     act, alpha, act_gain, clamp = ctx.act
     need_x, _, need_noise, need_bias = ctx.needs_input_grad[:4]
-    dz = db = None
+    noise_shape, noise_dtype = ctx.noise_meta if ctx.noise_meta is not None else (None, None)
+    noise_in_kernel = need_noise and noise_is_channel_broadcast(noise_shape)
+    need_bias = bias is not None and need_bias
+    nonlinear = is_nonlinear(act, clamp)
+    dz = db = dnoise = None
     if dy is not None:
-        if is_nonlinear(act, clamp):
-            if pre is None:
-                pre = _upfirdn2d_bias_act_op(x, f, noise, None, up, down, padding, flip_filter, gain, "linear", 0.0,
-                                             1.0, None, False)[0]
-            need_db = bias is not None and need_bias
-            dz, db = _bias_act_grad_op(dy, pre, bias, 1, act, alpha, act_gain, -1.0 if clamp is None else clamp,
-                                       need_db)
-            db = db if need_db else None
+        if nonlinear and pre is None:
+            pre = _upfirdn2d_bias_act_op(x, f, noise, None, up, down, padding, flip_filter, gain, "linear", 0.0,
+                                         1.0, None, False)[0]
+        if nonlinear or need_bias or noise_in_kernel:
+            # ONE pass over dy (and pre): the activation/clamp gradient dz with the bias and the noise gradients
+            # (sums of dz over everything but channels, and over channels) from the same tiles. The saved pre is
+            # FIR + noise, the "conv" of fusegan::conv_epilogue_grad with no scale and no noise of its own.
+            dz, _, db, dnoise = conv_epilogue_grad(dy, pre if nonlinear else None, None, None,
+                                                   bias if nonlinear else None, act=act, alpha=alpha, gain=act_gain,
+                                                   clamp=clamp, need_bias=need_bias, need_noise=noise_in_kernel)
         else:
             dz = dy if act_gain == 1 else dy * act_gain
-            if need_bias:
-                db = dz.sum(dim=(0, 2, 3)).to(bias.dtype)
     if dpre is not None and dpre.numel() > 0:  # pre itself was used (double backward): it comes before the bias
+        if noise_in_kernel and dnoise is not None:
+            dnoise = dnoise + dpre.sum(dim=1, keepdim=True)
         dz = dpre if dz is None else dz + dpre
-    dx = dnoise = None
+    dx = None
     if dz is not None:
         if need_noise:
-            shape, dtype = ctx.noise_meta
-            dnoise = dz.sum_to_size(shape).to(dtype)
+            if noise_in_kernel and dnoise is not None:
+                dnoise = dnoise.sum_to_size(noise_shape).to(noise_dtype)  # [N, 1, H, W] -> the noise's shape
+            else:  # a per-channel noise (or only dpre reached it): its gradient is dz over the broadcast dims
+                dnoise = dz.sum_to_size(noise_shape).to(noise_dtype)
         if need_x:
             p = _grad_padding(f, ctx.x_hw, (dz.shape[2], dz.shape[3]), up, down, padding)
             dx = _upfirdn2d_op(dz, f, down, up, p, not flip_filter, gain)
-    return dx, None, dnoise, db, None, None, None, None, None, None, None, None, None, None
+    db = db.to(bias.dtype) if need_bias and db is not None else None
+    return dx, None, dnoise if need_noise else None, db, None, None, None, None, None, None, None, None, None, None
 
 
 _upfirdn2d_bias_act_op.register_autograd(_epilogue_backward, setup_context=_epilogue_setup_context)

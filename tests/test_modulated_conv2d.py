@@ -267,6 +267,26 @@ def test_triton_gradients_equal_reference_gradients(up, down, k, device):
         torch.testing.assert_close(g, wnt, **FP64_TOL)
 
 
+@pytest.mark.parametrize("noise_kind", ["n1hw", "hw", "nchw", "1c1w"])
+@pytest.mark.parametrize("up,act", [(1, "lrelu"), (1, "linear"), (2, "lrelu"), (2, "linear")])
+def test_noise_gradient_for_every_noise_shape(up, act, noise_kind, device):
+    # Noise shared by the channels ([N, 1, H, W], [H, W]) gets its gradient from the epilogue-grad kernel's channel
+    # sums; noise with its own channels from gpre summed over the broadcast dims. Both against the reference path.
+    x, w, s = _inputs(n=2, i=2, o=3, h=3, w=4, dtype=torch.float64, device=device)
+    f = FILTER.to(device, torch.float64)
+    n, o, oh, ow = oracle(x, w, s, up=up, padding=1, f=f).shape
+    shape = {"n1hw": (n, 1, oh, ow), "hw": (oh, ow), "nchw": (n, o, oh, ow), "1c1w": (1, o, 1, ow)}[noise_kind]
+    nz = torch.randn(shape, dtype=torch.float64, device=device)
+    args = [t.requires_grad_() for t in (x, s, nz)]
+    gy = torch.randn(n, o, oh, ow, dtype=torch.float64, device=device)
+    grads = {impl: torch.autograd.grad(modulated_conv2d(args[0], w, args[1], noise=args[2], up=up, padding=1,
+                                                        resample_filter=f, act=act, impl=impl), args, gy)
+             for impl in ("triton", "ref")}
+    for got, want in zip(grads["triton"], grads["ref"]):
+        torch.testing.assert_close(got, want, **FP64_TOL)
+    assert grads["triton"][2].shape == shape
+
+
 @pytest.mark.parametrize("save_conv", [False, True])
 def test_fused_op_gradients_with_and_without_the_saved_conv(save_conv, device):
     # save_conv=True keeps the raw conv output for the backward (training); False recomputes it there.
@@ -346,18 +366,20 @@ def launches(monkeypatch):
 
 
 @pytest.mark.parametrize("up,down,forward,backward", [
-    # backward: the epilogue's gradient with d(demod) and d(bias) (one pass), dX with d(styles) (one GEMM), dW.
+    # backward: the epilogue's gradient with d(demod), d(bias) and d(noise) (one pass), dX with d(styles) (one
+    # GEMM), dW. The noise gradient comes from that pass too: no torch reduction over an [N, O, H, W] gradient.
     (1, 1, ["_conv_fwd_kernel"], ["_conv_epilogue_grad_kernel", "_conv_fwd_kernel", "_conv_wgrad_kernel"]),
     (1, 2, ["_upfirdn2d_fwd_kernel", "_conv_fwd_kernel"],
      ["_conv_epilogue_grad_kernel", "_conv_fwd_kernel", "_conv_wgrad_kernel", "_upfirdn2d_fwd_kernel"]),
     # up=2: the transposed GEMM (style prologue, demodulation epilogue), then ONE FIR pass that also adds the noise
-    # and the bias and applies the activation; backward: the activation's gradient (+ db), the FIR adjoint, the
-    # demodulation gradient (one reduction pass over the saved conv output), dX with d(styles), dW.
+    # and the bias and applies the activation; backward: the activation's gradient (+ db, dnoise; the epilogue-grad
+    # kernel on the saved FIR output), the FIR adjoint, the demodulation gradient (one reduction pass over the saved
+    # conv output), dX with d(styles), dW.
     (2, 1, ["_conv_fwd_kernel", "_upfirdn2d_fwd_kernel"],
-     ["_bias_act_bwd_kernel", "_upfirdn2d_fwd_kernel", "_conv_epilogue_grad_kernel", "_conv_fwd_kernel",
+     ["_conv_epilogue_grad_kernel", "_upfirdn2d_fwd_kernel", "_conv_epilogue_grad_kernel", "_conv_fwd_kernel",
       "_conv_wgrad_kernel"]),
 ])
-def test_triton_launches_per_layer(up, down, forward, backward, launches, device):
+def test_triton_launches_per_layer(up, down, forward, backward, launches, device, monkeypatch):
     x, w, s = _inputs(n=2, i=3, o=4, h=4, w=4, device=device)
     x = x.to(memory_format=torch.channels_last).requires_grad_()
     w.requires_grad_()
@@ -368,9 +390,14 @@ def test_triton_launches_per_layer(up, down, forward, backward, launches, device
                          act="lrelu", clamp=256.0, impl="triton")
     assert sorted(launches) == sorted(forward)
     launches.clear()
+    reduced = []  # the shapes torch's sum_to_size reduces during the backward
+    original_sum_to_size = torch.Tensor.sum_to_size
+    monkeypatch.setattr(torch.Tensor, "sum_to_size",
+                        lambda t, *size: reduced.append(tuple(t.shape)) or original_sum_to_size(t, *size))
     y.backward(torch.randn_like(y))
     assert sorted(launches) == sorted(backward)
     assert all(t.grad is not None for t in (x, w, s, nz, b))
+    assert all(shape[1] == 1 for shape in reduced), reduced  # only the kernel's [N, 1, H, W] channel sums
 
 
 # ------------------------------------------------------------------------------------------------------------
