@@ -7,6 +7,13 @@ A snapshot at step S is two files in `<run>/checkpoints/`:
 and then `latest.json` names the pair. Every file is written to a temporary name, flushed to disk and moved
 into place with `os.replace` (atomic on POSIX), and `latest.json` is replaced last: a process killed at any
 moment leaves the previous snapshot intact and `latest.json` pointing at a complete pair.
+
+RNG states are per process. Each rank draws its own streams (other latents and noise on every GPU), so one
+process's state restored on every rank would make all ranks draw the same numbers. `state["rng"]` is therefore a
+list indexed by rank, one entry per process of the run that wrote it (its length is that run's world size), each
+entry a `rng_state` dict: "torch", "python", "numpy", "cuda" (CUDA runs) and the trainer's named generators
+("aug", the x-flip generator). `rank_rng_states` reads that list, and also the files written before it existed,
+which held one process's dict as "rng" and its x-flip generator as "aug_rng" (a one-entry list).
 """
 import json
 import os
@@ -51,8 +58,9 @@ def _fsync_dir(folder: Path):
         os.close(fd)
 
 
-def rng_state(device: torch.device) -> dict:
-    """Every RNG a run draws from, as tensors and plain numbers."""
+def rng_state(device: torch.device, **generators: torch.Generator) -> dict:
+    """Every RNG this process draws from, as tensors and plain numbers: the global torch, python, numpy (and
+    CUDA) ones, and each of `generators` under its keyword."""
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
@@ -62,10 +70,12 @@ def rng_state(device: torch.device) -> dict:
     }
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
+    state.update({name: gen.get_state() for name, gen in generators.items()})
     return state
 
 
-def set_rng_state(state: dict, device: torch.device):
+def set_rng_state(state: dict, device: torch.device, **generators: torch.Generator):
+    """Puts back what `rng_state(device, **generators)` returned."""
     torch.set_rng_state(state["torch"])
     version, gauss = state["python"][-2], state["python"][-1]
     random.setstate((version, tuple(state["python"][:-2]), gauss))
@@ -74,6 +84,17 @@ def set_rng_state(state: dict, device: torch.device):
                          npst["gauss"]))
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+    for name, gen in generators.items():
+        gen.set_state(state[name])
+
+
+def rank_rng_states(state: dict) -> list:
+    """The RNG entries of a state file in rank order (see the module docstring), old single-process files
+    included."""
+    rng = state["rng"]
+    if isinstance(rng, dict):  # written before per-rank entries: one process's state, x-flip generator beside it
+        return [dict(rng, aug=state["aug_rng"])]
+    return list(rng)
 
 
 def save_snapshot(run_dir, step: int, nets: dict, state: dict, keep: int = 3) -> Path:

@@ -3,7 +3,8 @@
 Gradients are averaged with one flat all-reduce per optimizer step (not through the DistributedDataParallel
 wrapper) because the GAN recipes run several forward/backward passes per step and differentiate twice for R1 and
 path-length regularization, which DDP's bucketed hooks do not support. The same all-reduce carries a
-"my loss was finite" flag, so every rank takes the same skip-or-step decision.
+"my loss was finite" flag, so every rank takes the same skip-or-step decision. A stop request (SIGINT/SIGTERM)
+is shared the same way, one tiny all-reduce per step, so every rank stops and snapshots at the same step.
 """
 import os
 from dataclasses import dataclass
@@ -59,3 +60,12 @@ def average_gradients(params, finite: torch.Tensor, world_size: int) -> torch.Te
         p.grad = (flat[offset:offset + n] / world_size).view_as(g).to(g.dtype)
         offset += n
     return flat[-1] == world_size
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether `flag` is set on any rank (one tiny all-reduce; NCCL needs the tensor on the rank's device). Used
+    for the stop request: a signal reaches the ranks at different steps, and ranks that stop at different steps
+    would enter different collectives and hang."""
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

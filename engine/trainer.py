@@ -4,8 +4,8 @@
 
 One step = one batch through `recipe.train_step`. Every `snap` steps (and at the end, and on SIGINT/SIGTERM) the
 run writes sample grids, optional metrics and an atomic checkpoint (engine/checkpoint.py). Resuming restores the
-networks, optimizers, GradScaler, every RNG, the data position and the recipe's extra state, so on CPU a resumed
-run is bit-for-bit the uninterrupted one.
+networks, optimizers, GradScaler, every RNG (each rank its own), the data position and the recipe's extra state,
+so on CPU a resumed run is bit-for-bit the uninterrupted one.
 """
 import argparse
 import dataclasses
@@ -22,7 +22,7 @@ import torch
 from . import checkpoint as ckpt
 from .config import RUNTIME_FIELDS, TrainConfig
 from .data import make_loader, open_dataset, random_xflip, to_float
-from .distributed import broadcast_parameters, init_from_env, shutdown
+from .distributed import any_rank, broadcast_parameters, init_from_env, shutdown
 from .grids import save_grid
 from .precision import Precision
 from .recipes import get_recipe
@@ -159,7 +159,6 @@ class Trainer:
         if self.dist.world_size > 1:
             for net in self.recipe.nets.values():
                 broadcast_parameters(net)
-        self.aug_generator = torch.Generator().manual_seed(cfg.seed * 7919 + self.dist.rank)
         self.step, self.nonfinite_total = 0, 0
         self._norm_buffers = _norm_running_stats(self.recipe.nets.values())
         if resumed_state is not None:
@@ -191,11 +190,16 @@ class Trainer:
         merged = dict(saved, **{k: current[k] for k in RUNTIME_FIELDS})
         self.cfg = TrainConfig.from_dict(merged)
 
-    def _seed(self):
-        seed = self.cfg.seed * self.dist.world_size + self.dist.rank  # StyleGAN2-ADA's per-process seed
+    def _seed(self, base=None):
+        """Seeds this process's RNGs from `base` (default: the configured seed). Both schemes are injective in the
+        rank, so no two ranks draw the same stream."""
+        base = self.cfg.seed if base is None else base
+        seed = base * self.dist.world_size + self.dist.rank  # StyleGAN2-ADA's per-process seed
         torch.manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed % 2**32)
+        # Its own generator: x-flips never consume the global stream the recipe draws its latents and noise from.
+        self.aug_generator = torch.Generator().manual_seed(base * 7919 + self.dist.rank)
 
     def _total_steps(self) -> int:
         cfg = self.cfg
@@ -210,19 +214,46 @@ class Trainer:
         for name, opt in self.recipe.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         self.precision.scaler.load_state_dict(state["scaler"])
-        ckpt.set_rng_state(state["rng"], self.device)
-        self.aug_generator.set_state(state["aug_rng"])
         self.recipe.load_extra_state(state["recipe"])
         self.step, self.nonfinite_total = state["step"], state["nonfinite_total"]
+        self._restore_rng(ckpt.rank_rng_states(state))
 
-    def state_dict(self) -> dict:
+    def _restore_rng(self, saved: list):
+        """Each rank resumes its own streams: entry `rank` of the checkpoint's per-rank RNG states. A run resumed
+        on more processes than wrote the checkpoint has no entry for the extra ranks; they seed afresh from
+        (seed, step, rank), deterministically and (the scheme being injective in the rank) apart from each other.
+        On fewer processes, the entries beyond the world size are dropped. Either way the data shards change with
+        the world size too, so such a run is a faithful continuation, not the uninterrupted run."""
+        if self.dist.rank < len(saved):
+            ckpt.set_rng_state(saved[self.dist.rank], self.device, aug=self.aug_generator)
+        else:
+            # The step in the base: each later resume on more processes draws new numbers, not the same again.
+            self._seed(base=self.cfg.seed * 1_000_003 + self.step)
+
+    def _local_rng_state(self) -> dict:
+        return ckpt.rng_state(self.device, aug=self.aug_generator)
+
+    def _gather_rng_states(self):
+        """Every rank's RNG state in rank order on the main process, None on the others. A collective: every rank
+        must call it at the same point, which `snapshot` does."""
+        local = self._local_rng_state()
+        if self.dist.world_size == 1:
+            return [local]
+        states = [None] * self.dist.world_size if self.dist.is_main else None
+        # Object collectives pickle the (CPU) state tensors, so this works on gloo and on NCCL (which sends them
+        # through the current CUDA device, set per rank by pick_device).
+        torch.distributed.gather_object(local, states, dst=0)
+        return states
+
+    def state_dict(self, rng_states=None) -> dict:
+        """Everything but the weights. `rng_states`: every rank's RNG state in rank order (default: this process's
+        alone, right for a single-process run)."""
         return {
             "config": self.cfg.to_dict(),
             "data_info": dataclasses.asdict(self.data_info),
             "optimizers": {name: opt.state_dict() for name, opt in self.recipe.optimizers.items()},
             "scaler": self.precision.scaler.state_dict(),
-            "rng": ckpt.rng_state(self.device),
-            "aug_rng": self.aug_generator.get_state(),
+            "rng": rng_states if rng_states is not None else [self._local_rng_state()],
             "recipe": self.recipe.extra_state(),
             "nonfinite_total": self.nonfinite_total,
             "images_seen": self.step * self.cfg.batch,
@@ -256,7 +287,9 @@ class Trainer:
 
     # ---- outputs -------------------------------------------------------------------------------------------
     def snapshot(self, stats):
-        """Grids, metrics and a checkpoint for the current step (main process only writes)."""
+        """Grids, metrics and a checkpoint for the current step (main process only writes). Called by every rank:
+        the checkpoint holds every rank's RNG state, gathered here."""
+        rng_states = self._gather_rng_states()
         if not self.dist.is_main:
             return None
         tag = f"{self.step:08d}"
@@ -270,7 +303,8 @@ class Trainer:
         if self.cfg.metrics:
             values = self._metrics()
             stats.write_metrics(self.step, values)
-        return ckpt.save_snapshot(self.run_dir, self.step, self.recipe.nets, self.state_dict(), keep=self.cfg.keep)
+        return ckpt.save_snapshot(self.run_dir, self.step, self.recipe.nets, self.state_dict(rng_states),
+                                  keep=self.cfg.keep)
 
     def _metrics(self) -> dict:
         from . import metrics
@@ -338,6 +372,8 @@ class Trainer:
                     if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                         stats.log(self.step, nonfinite_total=self.nonfinite_total, device=self.device)
                     stopped_by = stop.signal
+                    if self.dist.world_size > 1 and any_rank(stopped_by is not None, self.device):
+                        stopped_by = stopped_by or "signal on another rank"  # every rank stops at this step
                     if self.step % cfg.snap == 0 or self.step == self.total_steps or stopped_by:
                         last_snapshot = self.snapshot(stats) or last_snapshot
                     if stopped_by:

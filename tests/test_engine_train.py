@@ -45,7 +45,10 @@ def assert_same_run(a, b):
         for pid, st in sa["optimizers"][name]["state"].items():
             for field, value in st.items():
                 assert torch.equal(torch.as_tensor(value), torch.as_tensor(sb["optimizers"][name]["state"][pid][field]))
-    assert torch.equal(sa["rng"]["torch"], sb["rng"]["torch"])
+    rng_a, rng_b = ckpt.rank_rng_states(sa), ckpt.rank_rng_states(sb)
+    assert len(rng_a) == len(rng_b)
+    for ra, rb in zip(rng_a, rng_b):
+        assert torch.equal(ra["torch"], rb["torch"]) and torch.equal(ra["aug"], rb["aug"])
     assert sa["step"] == sb["step"]
 
 
@@ -60,6 +63,22 @@ def test_resume_is_bit_exact(tmp_path, options):
     resumed.seed, resumed.recipe_options = 5, dict(TINY_DCGAN, ngf=16)
     summary = train(resumed)
     assert summary["run_dir"] == str(split) and summary["steps"] == 7
+    assert_same_run(straight, split)
+
+
+def test_resume_from_a_checkpoint_without_per_rank_rng_entries(tmp_path):
+    """State files written before per-rank RNG entries (one "rng" dict, the x-flip generator as "aug_rng")
+    still resume bit for bit."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(tiny_config(straight, steps=5, xflip=True))
+    train(tiny_config(split, steps=3, xflip=True))
+    state_path = ckpt.find_latest(split)[1]
+    state = ckpt.load_state(state_path)
+    (entry,) = state["rng"]
+    state["aug_rng"] = entry.pop("aug")
+    state["rng"] = entry
+    torch.save(state, state_path)
+    train(tiny_config(split, steps=5, xflip=True, resume=str(split)))
     assert_same_run(straight, split)
 
 
