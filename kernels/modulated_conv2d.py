@@ -16,16 +16,16 @@ Paths:
     Triton launches per layer (forward / backward with noise, bias and lrelu; tests/test_modulated_conv2d.py counts
     them):
       - up=1 (3x3 and 1x1/ToRGB): 1 / 3. Forward: ONE fused GEMM. Backward: the epilogue's gradient in one pass
-        (`fusegan::conv_epilogue_grad`: activation/clamp gradient, d(demodulation) and d(bias) from the same
-        tiles), the dX GEMM (whose epilogue also reduces d(styles)), the split-K dW reduction.
+        (`fusegan::conv_epilogue_grad`: activation/clamp gradient, d(demodulation), d(bias) and d(noise) from the
+        same tiles), the dX GEMM (whose epilogue also reduces d(styles)), the split-K dW reduction.
       - down=2: 2 / 4. Forward: the upfirdn2d kernel (FIR + pad), then ONE fused strided GEMM with the whole
         epilogue. Backward: as up=1, plus the FIR's adjoint (upfirdn2d again).
       - up=2: 2 / 5. Forward: the transposed stride-2 GEMM (style prologue, demodulation epilogue), then ONE
         upfirdn2d pass (FIR, gain 4) whose epilogue adds the noise and the bias and applies the activation, gain
         and clamp before its single store (`upfirdn2d.upfirdn2d_bias_act`; in training it also stores the
-        pre-activation for the backward). Backward: bias_act's gradient kernel on that pre-activation (db fused
-        into it; dnoise a torch sum), the FIR adjoint, the demodulation gradient (one reduction pass), then the
-        transposed GEMM's dX (with d(styles)) and dW kernels.
+        pre-activation for the backward). Backward: the epilogue-gradient kernel on that pre-activation (db and
+        dnoise reduced from the same tiles), the FIR adjoint, the demodulation gradient (one reduction pass),
+        then the transposed GEMM's dX (with d(styles)) and dW kernels.
     Why up=2 is not ONE GEMM: the 3x3 transposed conv and the 4x4 FIR compose into a single stride-2 transposed
     conv with a 6x6 kernel (w convolved with f), which would remove the FIR pass. But each output phase of a
     stride-2 transposed conv then reads ceil(6/2)^2 = 9 taps per input channel instead of 9/4 on average for the
@@ -36,8 +36,9 @@ Paths:
     Backward (kernels/_conv_ops.py): dX is the transposed implicit GEMM with the same prologue/epilogue trick,
     and its epilogue also reduces dstyles (sum_p x * dX-before-scaling, per-tile partials); dW a split-K
     reduction over the batch; ddemod and dbias come from the one-pass epilogue gradient
-    (kernels/_conv_epilogue_grad.py); dnoise is a torch sum. All of it is made of fusegan custom ops with their
-    own autograd, so it is differentiable.
+    (kernels/_conv_epilogue_grad.py), and so does dnoise for noise shared by the channels (StyleGAN2's; a
+    per-channel noise's gradient is gpre summed over its broadcast dims). All of it is made of fusegan custom ops
+    with their own autograd, so it is differentiable.
   Demodulation coefficients never build the [N, O, I, k, k] tensor: d = rsqrt(s^2 @ sum_k(w^2).T + eps),
   a tiny [N, I] x [I, O] matmul in torch (differentiable, so styles and weight get their gradient through it).
 
