@@ -101,13 +101,16 @@ def capture_launches(arch=90):
         driver._active = None  # back to the real driver, created lazily if ever needed
 
 
-def _stylegan2_iteration(resolution, channel_base, precision, batch=2):
-    """A StyleGAN2 training iteration's kernels: G step, D step, R1 (D double backward), path length (G)."""
+def _stylegan2_iteration(resolution, channel_base, precision, batch=2, fp16_channels_last=False):
+    """A StyleGAN2 training iteration's kernels: G step, D step, R1 (D double backward), path length (G).
+    The generator's activations are NCHW (its const input is) unless `fp16_channels_last` makes its
+    low-precision blocks channels_last, as NVIDIA's option of that name does."""
     from fusegan.kernels import gan_loss, path_length_penalty, r1_penalty
     from fusegan.models.stylegan2 import Discriminator, Generator
 
     common = dict(channel_base=channel_base, channel_max=512, **precision)
-    G = Generator(512, 0, 512, resolution, 3, mapping_kwargs=dict(num_layers=2), synthesis_kwargs=common)
+    G = Generator(512, 0, 512, resolution, 3, mapping_kwargs=dict(num_layers=2),
+                  synthesis_kwargs=dict(common, fp16_channels_last=fp16_channels_last))
     D = Discriminator(0, resolution, 3, mbstd_group_size=2, **common)
     G = G.to(memory_format=torch.channels_last)
     D = D.to(memory_format=torch.channels_last)
@@ -152,6 +155,9 @@ def capture_training_kernels(quick=False, arch=90):
                 dict(num_fp16_res=4, conv_clamp=256, mp_dtype=torch.float16),
                 dict(num_fp16_res="all", conv_clamp=256, mp_dtype=torch.bfloat16)]):
             _stylegan2_iteration(64 if quick else 256, 16384, precision)
+        if not quick:  # the generator's channels_last specializations too (bf16 everywhere: every block)
+            _stylegan2_iteration(256, 16384, dict(num_fp16_res="all", conv_clamp=256, mp_dtype=torch.bfloat16),
+                                 fp16_channels_last=True)
         for dtype in ([torch.bfloat16] if quick else [torch.float32, torch.bfloat16]):
             _pix2pix_cyclegan_dcgan_iteration(dtype, quick)
     return list(specs.values())

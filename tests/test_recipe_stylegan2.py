@@ -30,12 +30,12 @@ def _plain_cpu_convs():
     torch.backends.mkldnn.enabled = enabled
 
 
-def make_recipe(*args, precision="fp32", num_classes=0, batch=BATCH):
+def make_recipe(*args, precision="fp32", num_classes=0, batch=BATCH, channels_last=False):
     parser = argparse.ArgumentParser()
     StyleGAN2Recipe.add_arguments(parser)
     options = parser.parse_args(TINY + list(args))
     ctx = TrainContext(device=torch.device("cpu"), precision=Precision(precision, "cpu"), batch_size=batch,
-                       impl="ref")
+                       impl="ref", channels_last=channels_last)
     return StyleGAN2Recipe(ctx, options, DataInfo(resolution=RES, channels=1, num_classes=num_classes))
 
 
@@ -344,6 +344,22 @@ def test_fp32_is_plain_and_fp16_schemes():
     assert not nvidia.ctx.precision.scaler.is_enabled()  # NVIDIA: no loss scaling
     everything = make_recipe("--sg2-mp", "all", precision="fp16")
     assert everything.G.synthesis.b4.use_fp16 and everything.ctx.precision.scaler.is_enabled()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channels_last_reaches_the_low_precision_blocks_activations(channels_last):
+    # --channels-last: NHWC activations in G's and D's bf16 blocks (NVIDIA's fp16_channels_last), not only NHWC
+    # weights; the fp32 path keeps NCHW as NVIDIA's does.
+    r = make_recipe(precision="bf16", channels_last=channels_last)
+    seen = []
+    for block in [r.G.synthesis.b16, r.D.b16]:
+        block.register_forward_hook(lambda m, args, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    z = torch.randn(BATCH, ZDIM)
+    img = r.G(z, torch.zeros(BATCH, 0))
+    r.D(img, torch.zeros(BATCH, 0))
+    assert len(seen) == 2 and all(t.shape[1] > 1 for t in seen)  # (one pixel or one channel: both formats at once)
+    assert all(t.is_contiguous(memory_format=torch.channels_last) == channels_last for t in seen)
+    assert not make_recipe(channels_last=True).G.synthesis.b16.channels_last  # fp32 blocks
 
 
 def test_grids_sample_interpolate():

@@ -214,13 +214,17 @@ class StyleGAN2Recipe(Recipe):
                              f"group ({mbstd}); change --batch or --mbstd-group")
         self.c_dim = data.num_classes
         precision = self._precision_kwargs(hp)
+        # --channels-last puts the low-precision blocks' activations in NHWC (NVIDIA's fp16_channels_last; the
+        # fp32 blocks stay NCHW, as there). Without it the networks would only convert their weights: G's
+        # activations start from its NCHW const input and every D block converts its input to its own format.
         G = Generator(z_dim=hp["z_dim"], c_dim=self.c_dim, w_dim=hp["w_dim"], img_resolution=data.resolution,
                       img_channels=data.channels, mapping_kwargs=dict(num_layers=hp["map"]),
                       synthesis_kwargs=dict(channel_base=hp["channel_base"], channel_max=hp["channel_max"],
-                                            **precision), impl=ctx.impl)
+                                            fp16_channels_last=ctx.channels_last, **precision), impl=ctx.impl)
         D = Discriminator(c_dim=self.c_dim, img_resolution=data.resolution, img_channels=data.channels,
                           architecture=hp["d_architecture"], channel_base=hp["channel_base"],
-                          channel_max=hp["channel_max"], mbstd_group_size=hp["mbstd"], impl=ctx.impl, **precision)
+                          channel_max=hp["channel_max"], mbstd_group_size=hp["mbstd"], impl=ctx.impl,
+                          block_kwargs=dict(fp16_channels_last=ctx.channels_last), **precision)
         # As training_loop.py: both start frozen; each phase enables its own network's gradients.
         self.G = self.prepare(G).train().requires_grad_(False)
         self.D = self.prepare(D).train().requires_grad_(False)
