@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 from fusegan.engine import checkpoint as ckpt
 from fusegan.engine.config import TrainConfig
 from fusegan.engine.trainer import Trainer
+from test_engine_train import rewrite_in_old_rng_layout  # (tests/ is on sys.path under pytest)
 
 GLOBAL_BATCH, STEPS = 8, 3
 # The autoencoder without BatchNorm: per-process batch statistics would (rightly) differ from one process's.
@@ -83,16 +84,6 @@ def _draws(trainer) -> dict:
     return draws
 
 
-def _to_old_layout(run_dir):
-    """Rewrites a single-process checkpoint's state file as files were written before per-rank RNG entries."""
-    state_path = ckpt.find_latest(run_dir)[1]
-    state = ckpt.load_state(state_path)
-    (entry,) = state["rng"]
-    state["aug_rng"] = entry.pop("aug")
-    state["rng"] = entry
-    torch.save(state, state_path)
-
-
 def _resume_worker(rank, world_size, port, tmp):
     _join(rank, world_size, port)
     draws = {}
@@ -124,7 +115,7 @@ def test_resume_gives_each_rank_its_own_streams_back(tmp_path):
     single = Trainer(_config(tmp_path / "old-layout", steps=2, snap=2))
     single.run()
     single_draws = _draws(single)
-    _to_old_layout(tmp_path / "old-layout")
+    rewrite_in_old_rng_layout(tmp_path / "old-layout")
     mp.start_processes(_resume_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,
                        start_method="spawn")
     ranks = [torch.load(tmp_path / f"resume{r}.pt", weights_only=True) for r in (0, 1)]

@@ -66,18 +66,23 @@ def test_resume_is_bit_exact(tmp_path, options):
     assert_same_run(straight, split)
 
 
+def rewrite_in_old_rng_layout(run_dir):
+    """Rewrites a single-process run's latest state file as files were written before per-rank RNG entries."""
+    state_path = ckpt.find_latest(run_dir)[1]
+    state = ckpt.load_state(state_path)
+    (entry,) = state["rng"]
+    state["aug_rng"] = entry.pop("aug")
+    state["rng"] = entry
+    torch.save(state, state_path)
+
+
 def test_resume_from_a_checkpoint_without_per_rank_rng_entries(tmp_path):
     """State files written before per-rank RNG entries (one "rng" dict, the x-flip generator as "aug_rng")
     still resume bit for bit."""
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(tiny_config(straight, steps=5, xflip=True))
     train(tiny_config(split, steps=3, xflip=True))
-    state_path = ckpt.find_latest(split)[1]
-    state = ckpt.load_state(state_path)
-    (entry,) = state["rng"]
-    state["aug_rng"] = entry.pop("aug")
-    state["rng"] = entry
-    torch.save(state, state_path)
+    rewrite_in_old_rng_layout(split)
     train(tiny_config(split, steps=5, xflip=True, resume=str(split)))
     assert_same_run(straight, split)
 
