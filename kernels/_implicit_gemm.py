@@ -241,6 +241,11 @@ def _gemm_blocks(m, n, k, dtype):
     """Block sizes: large tiles for tensor cores, small for fp64 (its multiply-sum fallback holds a 3-D product)."""
     if dtype == torch.float64:
         return _pow2_clip(m, 16, 32), _pow2_clip(n, 16, 32), _pow2_clip(k, 16, 16)
+    if dtype == torch.float32 and not _allow_tf32(dtype):
+        # fp32 without TF32: tl.dot runs as FMAs on CUDA cores with both operand tiles held in registers. Compiled
+        # for sm_90, 128x128x32 tiles spilled 3-7 KB of registers per thread block (benchmarks.hopper_compile);
+        # 64x128x16 (8 warps) spills nothing.
+        return _pow2_clip(m, 16, 64), _pow2_clip(n, 16, 128), _pow2_clip(k, 16, 16)
     bk = 64 if dtype in (torch.float16, torch.bfloat16) else 32
     return _pow2_clip(m, 16, 128), _pow2_clip(n, 16, 128), _pow2_clip(k, 16, bk)
 
