@@ -396,9 +396,11 @@ def _gemm_blocks(m, n, k, dtype):
         return _pow2_at_least(m, 16, 64), _pow2_at_least(n, 16, 64), _pow2_at_least(k, 16, 64)
     if dtype == torch.float64:
         return _pow2_at_least(m, 16, 32), _pow2_at_least(n, 16, 32), 8
-    # Tensor-core tiles, not timed on a GPU yet. BLOCK_K 32: with 64 the im2col gather's address and mask tiles
-    # spilled registers on sm_90 (benchmarks/hopper_compile.py), even at 8 warps.
-    return _pow2_at_least(m, 16, 128), _pow2_at_least(n, 16, 128), _pow2_at_least(k, 16, 32)
+    # Tensor-core tiles, not timed on a GPU yet. Compiled for sm_90 (benchmarks/hopper_compile.py) over the
+    # DCGAN and U-Net convs: BLOCK_K 64 spilled the im2col gather's address and mask tiles even at 8 warps, and
+    # 128x128x32 tiles still spilled up to 376 B per thread (2.7 KB over 52 kernels, fp32/TF32 and bf16 alike);
+    # 64x128x32 spills at most 32 B in one kernel (64-row bf16 tiles still lower to wgmma).
+    return _pow2_at_least(m, 16, 64), _pow2_at_least(n, 16, 128), _pow2_at_least(k, 16, 32)
 
 
 def _num_warps(block_m, block_n):
