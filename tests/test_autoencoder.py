@@ -9,6 +9,7 @@ from torch import nn
 
 from fusegan.models.autoencoder import (ConvAutoencoder, ConvVAE, DenoisingAutoencoder, MLPVAE, PCAAutoencoder,
                                         reparameterize)
+from norm_helpers import randomize_norms
 
 FP32 = dict(rtol=1e-4, atol=1e-5)  # fp32 conv stacks, summation order differs between paths
 FP64 = dict(rtol=1e-10, atol=1e-10)
@@ -63,15 +64,6 @@ def copy_into_reference(model, ref):
             conv.load_state_dict(layer.conv.state_dict())
         for fnorm, norm in zip([m.norm for m in fused if m.norm is not None], norms, strict=True):
             norm.load_state_dict(fnorm.state_dict())
-
-
-def randomize_norms(model):
-    """Non-trivial BatchNorm affine parameters and running statistics, so eval mode is really tested."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            with torch.no_grad():
-                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.2, 0.2)
-                m.running_mean.uniform_(-0.1, 0.1), m.running_var.uniform_(0.5, 2.0)
 
 
 def expected_conv_ae_params(in_ch, resolution, latent_dim, base):

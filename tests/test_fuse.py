@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from fusegan.engine.fuse import FuseReport, fuse
 from fusegan.kernels.conv_norm_act import Conv2dNormAct
+from norm_helpers import randomize_norms
 
 TOL = dict(atol=1e-4, rtol=1e-4)  # fp32: the fused layers compute the same math in another order
 
@@ -104,16 +105,6 @@ class DataDependent(nn.Module):
         return -self.body(x)
 
 
-def _randomize_norms(model):
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-
-
 def _check_equivalent(original, fused, rep, x, steps=2):
     """Same outputs, input and parameter gradients and running stats, in train then eval mode."""
     fused_params = dict(fused.named_parameters())
@@ -145,7 +136,7 @@ def _fused_kinds(rep):
 # ----------------------------------------------------------------------------------------------
 def test_dcgan_discriminator_triton_path(device):
     original = dcgan_discriminator().to(device)
-    _randomize_norms(original)
+    randomize_norms(original)
     fused, rep = fuse(copy.deepcopy(original), report=True, impl="triton")
     assert _fused_kinds(rep) == ["Conv2d+BatchNorm2d+LeakyReLU", "Conv2d+LeakyReLU", "Conv2d+Sigmoid"]
     assert isinstance(fused[0], Conv2dNormAct) and isinstance(fused[1], nn.Identity)
@@ -155,7 +146,7 @@ def test_dcgan_discriminator_triton_path(device):
 
 def test_pix2pix_unet_blocks():
     original = pix2pix_unet()
-    _randomize_norms(original)
+    randomize_norms(original)
     fused, rep = fuse(copy.deepcopy(original), report=True, impl="ref")
     assert _fused_kinds(rep) == ["Conv2d+BatchNorm2d", "Conv2d+ReLU", "ConvTranspose2d+BatchNorm2d",
                                  "ConvTranspose2d+BatchNorm2d", "ConvTranspose2d+Tanh"]
@@ -185,7 +176,7 @@ def test_cyclegan_resnet_block_triton_path(device):
 
 def test_torchvision_basic_block_shared_relu():
     original = BasicBlock(4, 6)
-    _randomize_norms(original)
+    randomize_norms(original)
     fused, rep = fuse(copy.deepcopy(original), report=True, impl="ref")
     # self.relu runs twice, so it stays a module of its own; the conv+bn pairs fuse.
     assert _fused_kinds(rep) == ["Conv2d+BatchNorm2d"] * 3
@@ -201,7 +192,7 @@ def test_torchvision_basic_block_shared_relu():
 
 def test_modes_are_preserved_including_a_frozen_norm():
     original = dcgan_discriminator()
-    _randomize_norms(original)
+    randomize_norms(original)
     original[3].eval()  # a frozen BatchNorm inside a training model: running stats used, not updated
     fused, rep = fuse(copy.deepcopy(original), report=True, impl="ref")
     assert fused[2].training and not fused[2].norm.training

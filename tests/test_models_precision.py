@@ -22,12 +22,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from fusegan.kernels.conv_norm_act import Conv2dNormAct
 from fusegan.models import autoencoder, dcgan, pix2pix
 from fusegan.models.stylegan2 import (Conv2dLayer, Discriminator, FullyConnectedLayer, Generator, SynthesisLayer,
                                       ToRGBLayer)
+from norm_helpers import randomize_norms
 
 BF16_EPS = torch.finfo(torch.bfloat16).eps  # 2**-7: the spacing of bf16 numbers in [1, 2)
 MIN_GRAD_COSINE = 0.9
@@ -44,16 +44,6 @@ def rel_err(actual, expected):
 
 def as_tuple(out):
     return out if isinstance(out, tuple) else (out,)
-
-
-def randomize_norms(model):
-    """Non-trivial BatchNorm affines and running statistics, so that eval mode uses them."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            with torch.no_grad():
-                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.2, 0.2)
-                m.running_mean.uniform_(-0.1, 0.1), m.running_var.uniform_(0.5, 2.0)
-    return model
 
 
 def set_impl(model, impl):
