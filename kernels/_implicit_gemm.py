@@ -310,7 +310,7 @@ def conv_fwd_triton(x, w, in_scale=None, out_scale=None, noise=None, bias=None, 
     if transposed:  # one group of programs per output phase (see the kernel)
         phase_pixels = triton.cdiv(out_h, stride) * triton.cdiv(out_w, stride)
         BM, BN, BK = _gemm_blocks(phase_pixels, O, triton.cdiv(KH, stride) * triton.cdiv(KW, stride) * C, x.dtype)
-        if BM * BN > 64 * 128:  # the phase index math leaves no room for a 128x128 tile: it spilled on sm_90
+        if BM > 64 and BN >= 64:  # the phase index math leaves no room for 128x128 or 128x64 tiles (sm_90 spills)
             BM = 64
         grid_m = stride * stride * triton.cdiv(phase_pixels, BM)
     else:
