@@ -229,6 +229,23 @@ def format_table(results):
     return "\n".join(rows)
 
 
+def format_summary(results):
+    """One row per kernel (both `_conv_fwd_kernel`s told apart by module): specializations, the most registers,
+    how many spill and by how much, and the tensor-core instructions used."""
+    by_kernel = {}
+    for r in results:
+        if r["status"] == "ok":
+            by_kernel.setdefault(f"{r['module'].rsplit('.', 1)[-1]}.{r['kernel']}", []).append(r)
+    rows = ["| kernel | specializations | max registers | spilling | spilled in total (B) | most spilled (B) | "
+            "tensor cores |", "|---|---|---|---|---|---|---|"]
+    for name, rs in sorted(by_kernel.items()):
+        spills = [r["spill_bytes"] for r in rs if r["spill_bytes"] > 0]
+        cores = sorted({r["tensor_cores"] for r in rs if r["tensor_cores"]})
+        rows.append(f"| {name} | {len(rs)} | {max(r['registers'] for r in rs)} | {len(spills)} | {sum(spills)} | "
+                    f"{max(spills, default=0)} | {', '.join(cores) or '-'} |")
+    return "\n".join(rows)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.hopper_compile", description=__doc__.split("\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x10 (90 = H100/H200)")
@@ -244,6 +261,7 @@ def main(argv=None):
     failed = [r for r in results if r["status"] != "ok"]
     spilled = [r for r in results if r["status"] == "ok" and r["spill_bytes"] > 0]
     print(format_table(results))
+    print("\n" + format_summary(results))
     print(f"\n{len(results)} kernel specializations for sm_{args.arch}: {len(results) - len(failed)} compiled, "
           f"{len(failed)} failed, {len(spilled)} spill registers (capture {captured:.0f} s, "
           f"total {time.perf_counter() - start:.0f} s)")
