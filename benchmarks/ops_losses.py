@@ -1,4 +1,5 @@
-"""GAN loss tails (issue 5): the StyleGAN2 discriminator-step tail, R1 alone, pix2pix's lsgan, and a VAE loss.
+"""GAN loss tails (issue 5): the StyleGAN2 discriminator-step tail, R1 alone, pix2pix's lsgan, a VAE loss, the
+path-length penalty and the minibatch-stddev layer.
 
 Eager baselines, as the reference code bases write them:
 - D tail (stylegan2-ada-pytorch loss.py, 256^2, batch 32): softplus(fake).mean() + softplus(-real).mean()
@@ -8,6 +9,10 @@ Eager baselines, as the reference code bases write them:
 - lsgan (pix2pix GANLoss('lsgan')): 0.5 * (mse(real, 1) + mse(fake, 0)) on [16, 1, 30, 30] PatchGAN logits.
 - vae: F.binary_cross_entropy_with_logits(recon, target, reduction='sum') - 0.5 * sum(1 + logvar - mu^2 -
   exp(logvar)), divided by the batch size; recon [256, 3, 64, 64], latents [256, 128].
+- path length (loss.py's Gpl phase at paper256: pl_batch 16, 14 ws of 512): lengths =
+  grad_ws.square().sum(2).mean(1).sqrt(), pl_mean.lerp(lengths.mean(), 0.01), (lengths - pl_mean).square().
+- minibatch stddev (networks.py's MinibatchStdLayer, D's 4x4 epilogue at batch 32, 512 channels): NVIDIA's
+  reshape / mean / square / sqrt / repeat / cat chain, which is fusegan's reference path (impl='ref').
 
 Bytes models (minimal useful traffic, identical for every variant; s = itemsize):
 - D tail and r1 (G = numel(r1_grads); the [32, 1] logits are negligible):
@@ -17,6 +22,9 @@ Bytes models (minimal useful traffic, identical for every variant; s = itemsize)
 - vae (R = numel(recon), L = numel(mu)): fwd: read recon, target, mu, logvar = (2R + 2L)*s; bwd: read
   recon, target, mu, logvar (or saved gradients) and write drecon, dmu, dlogvar = (3R + 4L)*s;
   fwdbwd = (5R + 6L)*s.
+- path length (G = numel(grad_ws)): fwd read G; bwd read G, write dG; fwdbwd = 3*G*s.
+- minibatch stddev (X = numel(x), the appended maps negligible at C=512): fwd read X, write X; bwd read dY and
+  x, write dX; fwdbwd = 5*X*s.
 """
 import math
 
@@ -61,11 +69,6 @@ def fused_r1(r1_grads, impl):
 
 def eager_r1(r1_grads):
     return r1_grads.square().sum([1, 2, 3]).mean()
-
-
-def r1_bytes(shape, itemsize, mode):
-    g = math.prod(shape)
-    return {"fwd": g * itemsize, "bwd": 2 * g * itemsize, "fwdbwd": 3 * g * itemsize}[mode]
 
 
 # --- lsgan ---------------------------------------------------------------------------------------
@@ -119,6 +122,56 @@ def vae_bytes(shape, itemsize, mode):
     return {"fwd": fwd, "bwd": bwd, "fwdbwd": fwd + bwd}[mode]
 
 
+# --- path length ---------------------------------------------------------------------------------
+PL_DECAY = 0.01
+
+
+def make_pl_inputs(shape, dtype, device, layout):
+    return {"grad_ws": make_tensor(shape, dtype, device), "pl_mean": torch.ones((), device=device)}
+
+
+def fused_pl(grad_ws, pl_mean, impl):
+    from fusegan.kernels.regularizers import path_length_penalty
+
+    return path_length_penalty(grad_ws, pl_mean, PL_DECAY, impl=impl)[0].mean()
+
+
+def eager_pl(grad_ws, pl_mean):
+    lengths = grad_ws.square().sum(2).mean(1).sqrt()
+    return (lengths - pl_mean.lerp(lengths.mean(), PL_DECAY)).square().mean()
+
+
+def read_write_read(shape, itemsize, mode):
+    """fwd reads the tensor once; bwd reads it again and writes its gradient."""
+    g = math.prod(shape)
+    return {"fwd": g * itemsize, "bwd": 2 * g * itemsize, "fwdbwd": 3 * g * itemsize}[mode]
+
+
+# --- minibatch stddev ----------------------------------------------------------------------------
+MBSTD_GROUP = 4
+
+
+def make_mbstd_inputs(shape, dtype, device, layout):
+    return {"x": make_tensor(shape, dtype, device, layout)}
+
+
+def fused_mbstd(x, impl):
+    from fusegan.kernels.minibatch_std import minibatch_std
+
+    return minibatch_std(x, MBSTD_GROUP, 1, impl=impl)
+
+
+def eager_mbstd(x):
+    from fusegan.kernels.minibatch_std import minibatch_std
+
+    return minibatch_std(x, MBSTD_GROUP, 1, impl="ref")  # NVIDIA's torch code, as networks.py writes it
+
+
+def mbstd_bytes(shape, itemsize, mode):
+    x = math.prod(shape)
+    return {"fwd": 2 * x * itemsize, "bwd": 3 * x * itemsize, "fwdbwd": 5 * x * itemsize}[mode]
+
+
 CASES = [
     OpCase(
         op="gan_loss",
@@ -131,7 +184,7 @@ CASES = [
         eager=eager_d_tail,
         grad_inputs=("real_logits", "fake_logits", "r1_grads"),
         smoke_shape=(2, 3, 8, 8),
-        bytes_moved=r1_bytes,
+        bytes_moved=read_write_read,
         bytes_model="fwd G, bwd 2G, fwdbwd 3G elements (G = numel(r1_grads); logits negligible)",
         # Issue 5: the whole D tail >= 3x eager.
         targets={"fwdbwd": {"vs_eager": 3.0}},
@@ -147,7 +200,7 @@ CASES = [
         eager=eager_r1,
         grad_inputs=("r1_grads",),
         smoke_shape=(2, 3, 8, 8),
-        bytes_moved=r1_bytes,
+        bytes_moved=read_write_read,
         bytes_model="fwd G, bwd 2G, fwdbwd 3G elements (G = numel(r1_grads))",
         # Issue 5: r1_penalty forward+backward at >= 80% of copy bandwidth.
         targets={"fwdbwd": {"frac_copy_bw": 0.8}},
@@ -181,5 +234,33 @@ CASES = [
         bytes_model="fwd 2R+2L, bwd 3R+4L, fwdbwd 5R+6L elements (R = numel(recon), L = numel(mu))",
         # Issue 5: vae_loss >= 2x eager and >= 1x torch.compile.
         targets={"fwdbwd": {"vs_eager": 2.0, "vs_compile": 1.0}},
+    ),
+    OpCase(
+        op="path_length_penalty",
+        name="losses.path_length.paper256_b16",
+        shape=(16, 14, 512),
+        dtype=torch.float32,
+        layout="contiguous",
+        make_inputs=make_pl_inputs,
+        fused=fused_pl,
+        eager=eager_pl,
+        grad_inputs=("grad_ws",),
+        smoke_shape=(2, 3, 8),
+        bytes_moved=read_write_read,
+        bytes_model="fwd G, bwd 2G, fwdbwd 3G elements (G = numel(grad_ws))",
+    ),
+    OpCase(
+        op="minibatch_std",
+        name="losses.minibatch_std.4x4_c512_b32",
+        shape=(32, 512, 4, 4),
+        dtype=torch.float32,
+        layout="contiguous",
+        make_inputs=make_mbstd_inputs,
+        fused=fused_mbstd,
+        eager=eager_mbstd,
+        grad_inputs=("x",),
+        smoke_shape=(4, 8, 4, 4),
+        bytes_moved=mbstd_bytes,
+        bytes_model="fwd 2X, bwd 3X, fwdbwd 5X elements (X = numel(x))",
     ),
 ]
