@@ -20,7 +20,11 @@ def _stages(resolution):
 
 
 class Generator(nn.Module):
-    """z [N, nz, 1, 1] (or [N, nz]) -> image [N, nc, R, R] in [-1, 1]. 3,576,704 parameters at 64x64, nc=3."""
+    """z [N, nz, 1, 1] (or [N, nz]) -> image [N, nc, R, R] in [-1, 1]. 3,576,704 parameters at 64x64, nc=3.
+
+    Paper: Radford, Metz & Chintala, "Unsupervised Representation Learning with Deep Convolutional GANs",
+    ICLR 2016. Matches `Generator` of the PyTorch examples' `dcgan/main.py` (ngf=64, nz=100 at 64x64).
+    """
 
     def __init__(self, nz=100, ngf=64, nc=3, resolution=64, impl=None):
         super().__init__()
@@ -42,7 +46,9 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """image [N, nc, R, R] -> logits [N]. 2,765,568 parameters at 64x64, nc=3.
 
-    Returns logits (for the fused logistic `gan_loss`); `sigmoid=True` gives the example's probabilities.
+    Paper: Radford et al., ICLR 2016 (DCGAN). Matches `Discriminator` of the PyTorch examples'
+    `dcgan/main.py` (ndf=64 at 64x64), whose last Sigmoid is left out here: it returns logits (for the fused logistic
+    `gan_loss`); `sigmoid=True` gives the example's probabilities.
     """
 
     def __init__(self, ndf=64, nc=3, resolution=64, sigmoid=False, impl=None):
