@@ -53,15 +53,9 @@ BUDGETS = {
 
 
 @dataclasses.dataclass
-class TrainBudget:
-    """How long each training-step measurement runs, in whole regularization cycles (see training.py):
-    `warmup` cycles (the first compiles, and counts FLOPs for 'eager'), then timed cycles filling `seconds`
-    within [min_reps, max_reps]."""
-
-    warmup: int
-    seconds: float
-    min_reps: int
-    max_reps: int
+class TrainBudget(Budget):
+    """A Budget counted in whole regularization cycles instead of calls (see training.py): `warmup` cycles (the
+    first compiles, and counts FLOPs for 'eager'), then timed cycles filling `seconds` within [min_reps, max_reps]."""
 
 
 TRAIN_BUDGETS = {
@@ -370,6 +364,24 @@ class OpCase:
                 err = relative_error(outputs[variant], reference)
                 extra[variant].update(rel_err_vs_eager=err, check="ok" if err <= tolerance else "MISMATCH")
         return extra, failed
+
+
+def layout_cases(layouts, *, name, quick_layouts=None, **fields):
+    """One OpCase per memory layout, named `<name>.<layout>`, the other fields shared; `quick_layouts`: the
+    layouts that are part of --quick (default: all)."""
+    return [OpCase(name=f"{name}.{layout}", layout=layout, quick=quick_layouts is None or layout in quick_layouts,
+                   **fields) for layout in layouts]
+
+
+def elementwise_bytes(fwd, bwd):
+    """The bytes model of an op whose forward moves `fwd` and backward `bwd` elements per element of the input
+    (fwdbwd: both), as a `bytes_moved(shape, itemsize, mode)`."""
+
+    def bytes_moved(shape, itemsize, mode):
+        n = math.prod(shape)
+        return {"fwd": fwd * n * itemsize, "bwd": bwd * n * itemsize, "fwdbwd": (fwd + bwd) * n * itemsize}[mode]
+
+    return bytes_moved
 
 
 def relative_error(out, reference):

@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .harness import OpCase, make_tensor
+from .harness import layout_cases, make_tensor
 
 ALPHA = 0.2
 GAIN = math.sqrt(2)  # bias_act's default gain for 'lrelu'
@@ -43,23 +43,19 @@ def bytes_moved(shape, itemsize, mode):
     return {"fwd": fwd, "bwd": bwd, "fwdbwd": fwd + bwd}[mode]
 
 
-def _case(layout):
-    return OpCase(
-        op="bias_act",
-        name=f"bias_act.lrelu_bias_clamp.{layout}",
-        shape=(32, 512, 64, 64),
-        dtype=torch.bfloat16,
-        layout=layout,
-        make_inputs=make_inputs,
-        fused=fused,
-        eager=eager,
-        grad_inputs=("x", "b"),
-        smoke_shape=(2, 8, 8, 8),
-        bytes_moved=bytes_moved,
-        bytes_model="fwd 2N+C, bwd 3N+C, fwdbwd 5N+2C elements (N=numel(x), C=channels)",
-        # Issue 2: forward+backward >= 2.5x eager, >= 1.0x torch.compile, >= 80% of copy bandwidth.
-        targets={"fwdbwd": {"vs_eager": 2.5, "vs_compile": 1.0, "frac_copy_bw": 0.8}},
-    )
-
-
-CASES = [_case("channels_last"), _case("contiguous")]
+CASES = layout_cases(
+    ("channels_last", "contiguous"),
+    op="bias_act",
+    name="bias_act.lrelu_bias_clamp",
+    shape=(32, 512, 64, 64),
+    dtype=torch.bfloat16,
+    make_inputs=make_inputs,
+    fused=fused,
+    eager=eager,
+    grad_inputs=("x", "b"),
+    smoke_shape=(2, 8, 8, 8),
+    bytes_moved=bytes_moved,
+    bytes_model="fwd 2N+C, bwd 3N+C, fwdbwd 5N+2C elements (N=numel(x), C=channels)",
+    # Issue 2: forward+backward >= 2.5x eager, >= 1.0x torch.compile, >= 80% of copy bandwidth.
+    targets={"fwdbwd": {"vs_eager": 2.5, "vs_compile": 1.0, "frac_copy_bw": 0.8}},
+)

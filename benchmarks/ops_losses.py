@@ -31,7 +31,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .harness import OpCase, make_tensor
+from .harness import OpCase, elementwise_bytes, make_tensor
 
 R1_GAMMA = 10.0  # StyleGAN2 at 256^2 (paper config); only scales the penalty
 LATENT_DIM = 128
@@ -86,9 +86,7 @@ def eager_lsgan(real, fake):
     return 0.5 * (F.mse_loss(real, torch.ones_like(real)) + F.mse_loss(fake, torch.zeros_like(fake)))
 
 
-def lsgan_bytes(shape, itemsize, mode):
-    p = math.prod(shape)
-    return {"fwd": 2 * p * itemsize, "bwd": 4 * p * itemsize, "fwdbwd": 6 * p * itemsize}[mode]
+lsgan_bytes = elementwise_bytes(fwd=2, bwd=4)  # fwd reads both logit tensors; bwd reads both, writes both grads
 
 
 # --- vae -----------------------------------------------------------------------------------------
@@ -141,10 +139,7 @@ def eager_pl(grad_ws, pl_mean):
     return (lengths - pl_mean.lerp(lengths.mean(), PL_DECAY)).square().mean()
 
 
-def read_write_read(shape, itemsize, mode):
-    """fwd reads the tensor once; bwd reads it again and writes its gradient."""
-    g = math.prod(shape)
-    return {"fwd": g * itemsize, "bwd": 2 * g * itemsize, "fwdbwd": 3 * g * itemsize}[mode]
+read_write_read = elementwise_bytes(fwd=1, bwd=2)  # fwd reads the tensor once; bwd reads it again, writes its grad
 
 
 # --- minibatch stddev ----------------------------------------------------------------------------
@@ -167,18 +162,19 @@ def eager_mbstd(x):
     return minibatch_std(x, MBSTD_GROUP, 1, impl="ref")  # NVIDIA's torch code, as networks.py writes it
 
 
-def mbstd_bytes(shape, itemsize, mode):
-    x = math.prod(shape)
-    return {"fwd": 2 * x * itemsize, "bwd": 3 * x * itemsize, "fwdbwd": 5 * x * itemsize}[mode]
+mbstd_bytes = elementwise_bytes(fwd=2, bwd=3)
+
+
+def _loss_case(**fields):
+    """The loss cases share their dtype and layout: fp32, contiguous."""
+    return OpCase(dtype=torch.float32, layout="contiguous", **fields)
 
 
 CASES = [
-    OpCase(
+    _loss_case(
         op="gan_loss",
         name="losses.d_tail_logistic_r1.256px_b32",
         shape=(32, 3, 256, 256),
-        dtype=torch.float32,
-        layout="contiguous",
         make_inputs=make_d_tail_inputs,
         fused=fused_d_tail,
         eager=eager_d_tail,
@@ -189,12 +185,10 @@ CASES = [
         # Issue 5: the whole D tail >= 3x eager.
         targets={"fwdbwd": {"vs_eager": 3.0}},
     ),
-    OpCase(
+    _loss_case(
         op="r1_penalty",
         name="losses.r1_penalty.256px_b32",
         shape=(32, 3, 256, 256),
-        dtype=torch.float32,
-        layout="contiguous",
         make_inputs=make_r1_inputs,
         fused=fused_r1,
         eager=eager_r1,
@@ -205,12 +199,10 @@ CASES = [
         # Issue 5: r1_penalty forward+backward at >= 80% of copy bandwidth.
         targets={"fwdbwd": {"frac_copy_bw": 0.8}},
     ),
-    OpCase(
+    _loss_case(
         op="gan_loss",
         name="losses.lsgan_patchgan.30x30_b16",
         shape=(16, 1, 30, 30),
-        dtype=torch.float32,
-        layout="contiguous",
         make_inputs=make_lsgan_inputs,
         fused=fused_lsgan,
         eager=eager_lsgan,
@@ -219,12 +211,10 @@ CASES = [
         bytes_moved=lsgan_bytes,
         bytes_model="fwd 2P, bwd 4P, fwdbwd 6P elements (P = numel of each logit tensor)",
     ),
-    OpCase(
+    _loss_case(
         op="vae_loss",
         name="losses.vae_bce_kl.64px_b256",
         shape=(256, 3, 64, 64),
-        dtype=torch.float32,
-        layout="contiguous",
         make_inputs=make_vae_inputs,
         fused=fused_vae,
         eager=eager_vae,
@@ -235,12 +225,10 @@ CASES = [
         # Issue 5: vae_loss >= 2x eager and >= 1x torch.compile.
         targets={"fwdbwd": {"vs_eager": 2.0, "vs_compile": 1.0}},
     ),
-    OpCase(
+    _loss_case(
         op="path_length_penalty",
         name="losses.path_length.paper256_b16",
         shape=(16, 14, 512),
-        dtype=torch.float32,
-        layout="contiguous",
         make_inputs=make_pl_inputs,
         fused=fused_pl,
         eager=eager_pl,
@@ -249,12 +237,10 @@ CASES = [
         bytes_moved=read_write_read,
         bytes_model="fwd G, bwd 2G, fwdbwd 3G elements (G = numel(grad_ws))",
     ),
-    OpCase(
+    _loss_case(
         op="minibatch_std",
         name="losses.minibatch_std.4x4_c512_b32",
         shape=(32, 512, 4, 4),
-        dtype=torch.float32,
-        layout="contiguous",
         make_inputs=make_mbstd_inputs,
         fused=fused_mbstd,
         eager=eager_mbstd,

@@ -13,12 +13,10 @@ Bytes model (minimal useful traffic, identical for every variant; N = numel(x), 
 - fwdbwd:                                              = 10*N*s
 The zero-inserted and padded intermediates of the eager code are not counted: a fused kernel never writes them.
 """
-import math
-
 import torch
 import torch.nn.functional as F
 
-from .harness import OpCase, make_tensor
+from .harness import elementwise_bytes, layout_cases, make_tensor
 
 TAPS = (1.0, 3.0, 3.0, 1.0)
 UP = 2
@@ -63,30 +61,23 @@ def eager(x, f, weight):
     return F.conv2d(y, weight, groups=c)
 
 
-def bytes_moved(shape, itemsize, mode):
-    n = math.prod(shape)
-    one_way = (n + UP * UP * n) * itemsize
-    return {"fwd": one_way, "bwd": one_way, "fwdbwd": 2 * one_way}[mode]
+# Each way reads one tensor and writes the other: x (N) and y (UP * UP * N).
+bytes_moved = elementwise_bytes(fwd=1 + UP * UP, bwd=1 + UP * UP)
 
-
-def _case(layout, quick):
-    return OpCase(
-        op="upfirdn2d",
-        name=f"upfirdn2d.up2_f1331.{layout}",
-        shape=(32, 512, 64, 64),
-        dtype=torch.bfloat16,
-        layout=layout,
-        make_inputs=make_inputs,
-        fused=fused,
-        eager=eager,
-        grad_inputs=("x",),
-        smoke_shape=(2, 4, 8, 8),
-        bytes_moved=bytes_moved,
-        bytes_model="fwd 5N, bwd 5N, fwdbwd 10N elements (N=numel(x); output is 4N)",
-        # Issue 2: >= 3x the eager reference and >= 1.5x torch.compile of it (mode not named: forward+backward).
-        targets={"fwdbwd": {"vs_eager": 3.0, "vs_compile": 1.5}},
-        quick=quick,
-    )
-
-
-CASES = [_case("contiguous", quick=True), _case("channels_last", quick=False)]
+CASES = layout_cases(
+    ("contiguous", "channels_last"),
+    quick_layouts=("contiguous",),
+    op="upfirdn2d",
+    name="upfirdn2d.up2_f1331",
+    shape=(32, 512, 64, 64),
+    dtype=torch.bfloat16,
+    make_inputs=make_inputs,
+    fused=fused,
+    eager=eager,
+    grad_inputs=("x",),
+    smoke_shape=(2, 4, 8, 8),
+    bytes_moved=bytes_moved,
+    bytes_model="fwd 5N, bwd 5N, fwdbwd 10N elements (N=numel(x); output is 4N)",
+    # Issue 2: >= 3x the eager reference and >= 1.5x torch.compile of it (mode not named: forward+backward).
+    targets={"fwdbwd": {"vs_eager": 3.0, "vs_compile": 1.5}},
+)

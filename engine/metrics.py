@@ -71,6 +71,17 @@ def _check_features(feats, name, min_rows=2) -> Tensor:
     return feats
 
 
+def _check_feature_pair(feats_a, feats_b, names, dtype) -> tuple:
+    """Two feature sets checked as `_check_features`, in `dtype`, the second on the first's device, with the
+    same feature_dim."""
+    name_a, name_b = names
+    a = _check_features(feats_a, name_a).to(dtype)
+    b = _check_features(feats_b, name_b).to(dtype).to(a.device)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"{name_a} and {name_b} differ in feature_dim: {a.shape[1]} vs {b.shape[1]}")
+    return a, b
+
+
 def feature_statistics(feats) -> tuple:
     """(mean, covariance) of [N, D] features in float64 numpy; covariance unbiased (N - 1), as np.cov."""
     feats = _check_features(feats, "feats").double()
@@ -116,10 +127,7 @@ def kid_from_features(feats_a, feats_b, num_subsets=100, max_subset_size=1000, s
         t += (sum_{i != j} k(x_i, x_j) + k(y_i, y_j)) / (m - 1) - 2 * sum_{i, j} k(x_i, y_j) / m,
     and KID = t / num_subsets / m. Runs on the features' device (matmuls; fast on a GPU).
     """
-    x_all = _check_features(feats_a, "feats_a").double()
-    y_all = _check_features(feats_b, "feats_b").double().to(x_all.device)
-    if x_all.shape[1] != y_all.shape[1]:
-        raise ValueError(f"feats_a and feats_b differ in feature_dim: {x_all.shape[1]} vs {y_all.shape[1]}")
+    x_all, y_all = _check_feature_pair(feats_a, feats_b, ("feats_a", "feats_b"), torch.float64)
     num_subsets = _check_positive_int(num_subsets, "num_subsets")
     max_subset_size = _check_positive_int(max_subset_size, "max_subset_size")
     if max_subset_size < 2:
@@ -159,10 +167,7 @@ def precision_recall(real_feats, fake_feats, k=3, batch_size=1024) -> tuple:
     are float32 torch.cdist, `batch_size` rows at a time (memory: batch_size x N floats), on the features'
     device. (StyleGAN2-ADA also rounds the radii to float16 to save memory; this keeps them float32.)
     """
-    real = _check_features(real_feats, "real_feats").float()
-    fake = _check_features(fake_feats, "fake_feats").float().to(real.device)
-    if real.shape[1] != fake.shape[1]:
-        raise ValueError(f"real_feats and fake_feats differ in feature_dim: {real.shape[1]} vs {fake.shape[1]}")
+    real, fake = _check_feature_pair(real_feats, fake_feats, ("real_feats", "fake_feats"), torch.float32)
     k = _check_positive_int(k, "k")
     batch_size = _check_positive_int(batch_size, "batch_size")
     for feats, name in ((real, "real_feats"), (fake, "fake_feats")):

@@ -9,17 +9,10 @@ import pytest
 import torch
 
 from benchmarks import profile as bench_profile
+from bench_helpers import one_cpu_thread  # noqa: F401 (an autouse fixture: single-threaded CPU ops here)
 
 CUDA = torch.autograd.DeviceType.CUDA
 CPU = torch.autograd.DeviceType.CPU
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_fusegan_kernel_names_are_the_triton_kernels_of_every_op_module():

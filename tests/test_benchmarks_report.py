@@ -9,20 +9,13 @@ import torch
 from benchmarks import cli as bench_cli
 from benchmarks import harness, plots, report
 from benchmarks.readme_table import find_plot, readme_table
-from benchmarks.records import FIELDS, MIB, VARIANTS, build_records, memory_fields
+from benchmarks.records import FIELDS, VARIANTS, build_records, memory_fields
+from bench_helpers import FakeMemory, one_cpu_thread  # noqa: F401 (one_cpu_thread: an autouse fixture)
 
 ENV = {"gpu": "Fake GPU 80GB", "timer": "cuda_events", "torch": "t", "triton": "tr", "fusegan": "f", "git_commit": "abc",
        "cuda": "12.8", "date": "2026-11-21T00:00:00+00:00", "command": "python -m benchmarks all"}
 PEAKS = {"copy": {"value": 3000.0, "what": "copy"}, "matmul": {"value": 700.0, "what": "bf16 mm"}}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def fabricated_records():
@@ -135,22 +128,9 @@ def _toy_case(name="toy.a"):
                           grad_inputs=("x",), smoke_shape=(2, 3))
 
 
-class FakeMemory:
-    available = True
-
-    def reset(self):
-        return 3 * MIB
-
-    def peak(self):
-        return 7 * MIB
-
-    def release(self):
-        pass
-
-
 def test_op_records_carry_peak_memory():
     ctx = harness.RunContext(smoke=True, modes=("fwd", "fwdbwd"))
-    ctx.memory = FakeMemory()
+    ctx.memory = FakeMemory(base_mib=3, peak_mib=7)
     _, records = harness.run_cases(ctx, [_toy_case()], log=lambda line: None)
     assert len(records) == 2 * len(VARIANTS)
     assert all(r["peak_mem_mib"] == pytest.approx(7.0) and r["base_mem_mib"] == pytest.approx(3.0) for r in records)

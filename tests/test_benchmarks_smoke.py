@@ -20,21 +20,13 @@ from benchmarks.readme_table import readme_table
 from benchmarks.records import FIELDS, MODES, VARIANTS, build_records
 from benchmarks.stats import percentile, speedup, summarize
 from benchmarks.telemetry import Telemetry, decode_reasons, is_throttled
+from bench_helpers import one_cpu_thread  # noqa: F401 (an autouse fixture: single-threaded CPU ops here)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 HAS_CUDA = torch.cuda.is_available()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    """Tiny CPU ops with several OpenMP threads on a shared machine spend ~50 ms per op in barriers (measured:
-    a [2, 4, 4, 4] batch_norm took 48 ms with 2 threads, 12 us with 1); the smoke run's numbers mean nothing,
-    so it runs single-threaded and in seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 ENV = {"gpu": "test gpu", "timer": "wall_clock", "torch": "t", "triton": "tr", "fusegan": "f", "git_commit": "abc",
        "cuda": None, "date": "2026-01-01T00:00:00+00:00", "command": "python -m benchmarks ops"}
 PEAKS = {"copy": {"value": 2000.0, "what": "copy"}, "matmul": {"value": 500.0, "what": "mm"}}

@@ -7,18 +7,10 @@ import pytest
 import torch
 
 from benchmarks import harness, registry, training
-from benchmarks.records import FIELDS, MIB, VARIANTS
+from benchmarks.records import FIELDS, VARIANTS
 from benchmarks.stats import percentile
 from benchmarks.training import TrainCase, TrainSpec, amortized_stats, window_starts
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    """Tiny CPU ops with several OpenMP threads on a shared machine spend most of their time in barriers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from bench_helpers import FakeMemory, one_cpu_thread  # noqa: F401 (one_cpu_thread: an autouse fixture)
 
 
 # ---------------------------------------------------------------- amortization maths
@@ -94,19 +86,6 @@ class FakeStepTimer:
         return out
 
 
-class FakeMemory:
-    available = True
-
-    def reset(self):
-        return 100 * MIB
-
-    def peak(self):
-        return 300 * MIB
-
-    def release(self):
-        pass
-
-
 def _fake_run(min_reps, fail=None):
     """(records, ctx, steps per variant) of FakeCase measured with the fake timer and memory."""
     events = []
@@ -118,7 +97,7 @@ def _fake_run(min_reps, fail=None):
     ctx.measure_peaks()
     ctx.peaks["matmul"]["value"] = 1e-9  # TFLOP/s, so that MFU is a plain ratio below
     ctx.train_budget = harness.TrainBudget(warmup=1, seconds=0.0, min_reps=min_reps, max_reps=min_reps)
-    ctx.memory = FakeMemory()
+    ctx.memory = FakeMemory(base_mib=100, peak_mib=300)
     ctx.step_timer = FakeStepTimer(events)
     records = case.run(ctx)
     steps = {v: [s for variant, s in events if variant == v] for v in VARIANTS}

@@ -1,17 +1,15 @@
 """The 'ae', 'dae' and 'vae' recipes: steps run, one step equals the loss written in plain torch (BCE summed over
 pixels per sample; + the closed-form Gaussian KL for the VAE), non-finite skipping, grids, sample/interpolate,
 the MLP VAE, and one VAE step through the Triton vae_loss. Tiny widths at 32x32."""
-import argparse
 import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fusegan.engine.precision import Precision
-from fusegan.engine.recipes import get_recipe
-from fusegan.engine.recipes.base import DataInfo, TrainContext
+from fusegan.engine.recipes.base import DataInfo
 from fusegan.engine.recipes.latent import latents_for_seeds
+from recipe_helpers import assert_nonfinite_step_is_skipped, assert_steps_change_every_parameter, build_recipe
 
 TINY = ["--base", "4", "--latent-dim", "6"]
 LOSS_RTOL, LOSS_ATOL = 1e-5, 1e-4      # fp32 sums of ~1e3 over 2x1024 pixels, written differently
@@ -21,11 +19,7 @@ NET = {"ae": "AE", "dae": "DAE", "vae": "VAE"}
 
 
 def build(name, args=(), res=32, channels=1, impl="ref", tiny=True):
-    R = get_recipe(name)
-    parser = argparse.ArgumentParser()
-    R.add_arguments(parser)
-    ctx = TrainContext(device=torch.device("cpu"), precision=Precision("fp32", "cpu"), batch_size=2, impl=impl)
-    return R(ctx, parser.parse_args([*(TINY if tiny else []), *args]), DataInfo(resolution=res, channels=channels))
+    return build_recipe(name, [*(TINY if tiny else []), *args], DataInfo(resolution=res, channels=channels), impl=impl)
 
 
 def make_batch(n=2, res=32, channels=1, seed=1):
@@ -49,17 +43,7 @@ def test_steps_run_and_change_every_parameter(name):
     assert (R.data_kind, R.default_data, R.default_resolution, R.default_batch) == ("image", "digits", 32, 128)
     opt = recipe.optimizers[NET[name]]
     assert isinstance(opt, torch.optim.Adam) and opt.defaults["lr"] == 1e-3
-    before = params(recipe)
-    batch = make_batch()
-    for step in range(2):
-        losses = recipe.train_step(batch, step)
-        assert tuple(losses) == recipe.loss_names
-        for key, value in losses.items():
-            assert value.ndim == 0 and not value.requires_grad and torch.isfinite(value), key
-    after = params(recipe)
-    unchanged = [k for k in before if torch.equal(before[k], after[k])]
-    assert not unchanged, unchanged
-    assert recipe.nonfinite == []
+    assert_steps_change_every_parameter(recipe, make_batch(), params)
 
 
 def _reference_loss(name, model, x01, beta):
@@ -106,10 +90,7 @@ def test_nan_input_skips_the_step(name):
     recipe = build(name)
     images, labels = make_batch()
     images[1, 0, 4, 4] = float("nan")
-    before = params(recipe)
-    recipe.train_step((images, labels), 0)
-    assert recipe.nonfinite == [NET[name]]
-    assert all(torch.equal(v, params(recipe)[k]) for k, v in before.items())
+    assert_nonfinite_step_is_skipped(recipe, (images, labels), 0, [NET[name]], params)
 
 
 @pytest.mark.parametrize("name,columns", [("ae", 2), ("dae", 3)])

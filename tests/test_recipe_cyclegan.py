@@ -1,18 +1,17 @@
 """The CycleGAN recipe: the image pool's query semantics and state, steps run, one step equals the reference's
 maths written in plain torch, the linear lr decay, exact resume, non-finite skipping, grids. Tiny widths, 32x32."""
-import argparse
 import copy
-import io
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fusegan.engine.precision import Precision
 from fusegan.engine.recipes import get_recipe
-from fusegan.engine.recipes.base import DataInfo, TrainContext
+from fusegan.engine.recipes.base import DataInfo
 from fusegan.engine.recipes.cyclegan import ImagePool
 from fusegan.engine.recipes.pix2pix import linear_decay_factor
+from recipe_helpers import (assert_nonfinite_step_is_skipped, assert_steps_change_every_parameter, build_recipe,
+                            net_params, round_trip)
 
 TINY = ["--ngf", "4", "--ndf", "4", "--n-blocks", "1"]
 LOSS_RTOL, LOSS_ATOL = 1e-5, 1e-6      # fp32: the same nets on the same inputs, loss formulas written differently
@@ -23,30 +22,13 @@ NETS = ("G_A", "G_B", "D_A", "D_B")
 
 def build(args=(), res=32, channels=3, channels_b=None, seed=0):
     torch.manual_seed(seed)
-    R = get_recipe("cyclegan")
-    parser = argparse.ArgumentParser()
-    R.add_arguments(parser)
-    ctx = TrainContext(device=torch.device("cpu"), precision=Precision("fp32", "cpu"), batch_size=2, impl="ref")
-    data = DataInfo(resolution=res, channels=channels, kind="unpaired", channels_b=channels_b)
-    return R(ctx, parser.parse_args([*TINY, *args]), data)
+    return build_recipe("cyclegan", [*TINY, *args],
+                        DataInfo(resolution=res, channels=channels, kind="unpaired", channels_b=channels_b))
 
 
 def make_batch(n=2, res=32, seed=1):
     g = torch.Generator().manual_seed(seed)
     return tuple(torch.rand(n, 3, res, res, generator=g) * 2 - 1 for _ in range(2))
-
-
-def params(recipe):
-    return {f"{name}.{k}": v.detach().clone() for name, net in recipe.nets.items()
-            for k, v in net.named_parameters()}
-
-
-def round_trip(state):
-    """What a checkpoint does to extra_state: torch.save, then torch.load(weights_only=True) onto the CPU."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True, map_location="cpu")
 
 
 # ---- the image pool ---------------------------------------------------------------------------------------------
@@ -129,10 +111,7 @@ def test_class_attributes_and_networks():
     recipe = build()  # TINY has one block
     assert sum(type(m).__name__ == "ResnetBlock" for m in recipe.G_A.modules()) == 1
     for res, blocks in ((32, 6), (256, 9)):  # the default follows the resolution (building is cheap: no forward)
-        parser = argparse.ArgumentParser()
-        R.add_arguments(parser)
-        ctx = TrainContext(device=torch.device("cpu"), precision=Precision("fp32", "cpu"), batch_size=1, impl="ref")
-        r = R(ctx, parser.parse_args(["--ngf", "2", "--ndf", "2"]), DataInfo(res, 3, kind="unpaired"))
+        r = build_recipe("cyclegan", ["--ngf", "2", "--ndf", "2"], DataInfo(res, 3, kind="unpaired"), batch_size=1)
         assert sum(type(m).__name__ == "ResnetBlock" for m in r.G_B.modules()) == blocks
     for name, group in (("G", ("G_A", "G_B")), ("D", ("D_A", "D_B"))):
         opt = recipe.optimizers[name]
@@ -148,17 +127,8 @@ def test_class_attributes_and_networks():
 
 def test_steps_run_and_change_every_parameter():
     recipe = build(["--pool-size", "3"])
-    before = params(recipe)
-    batch = make_batch()
-    for step in range(2):
-        losses = recipe.train_step(batch, step)
-        assert tuple(losses) == recipe.loss_names
-        for name, value in losses.items():
-            assert value.ndim == 0 and not value.requires_grad and torch.isfinite(value), name
-    after = params(recipe)
-    unchanged = [k for k in before if torch.equal(before[k], after[k])]
-    assert not unchanged, unchanged
-    assert recipe.nonfinite == [] and recipe.fake_A_pool.count == recipe.fake_B_pool.count == 3
+    assert_steps_change_every_parameter(recipe, make_batch(), net_params)
+    assert recipe.fake_A_pool.count == recipe.fake_B_pool.count == 3
 
 
 def _reference_step(nets, A, B, lambda_A=10.0, lambda_B=10.0, lambda_idt=0.5):
@@ -257,8 +227,8 @@ def test_extra_state_resumes_exactly():
     torch.set_rng_state(rng)
     for step in (2, 3):
         fresh.train_step(batches[step], step)
-    for key, value in params(recipe).items():
-        assert torch.equal(value, params(fresh)[key]), key
+    for key, value in net_params(recipe).items():
+        assert torch.equal(value, net_params(fresh)[key]), key
     for pool in ("fake_A_pool", "fake_B_pool"):
         a, b = getattr(recipe, pool), getattr(fresh, pool)
         assert a.count == b.count == 3 and torch.equal(a.images, b.images)
@@ -274,11 +244,7 @@ def test_nan_input_skips_both_steps_and_keeps_the_pools_clean():
     pools = (recipe.fake_A_pool.images.clone(), recipe.fake_B_pool.images.clone())
     A, B = make_batch(seed=2)
     A[1, 2, 5, 5] = float("nan")
-    before = params(recipe)
-    recipe.train_step((A, B), 1)
-    assert recipe.nonfinite == ["G", "D"]
-    after = params(recipe)
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert_nonfinite_step_is_skipped(recipe, (A, B), 1, ["G", "D"], net_params)
     assert (recipe.fake_A_pool.count, recipe.fake_B_pool.count) == counts
     assert torch.equal(recipe.fake_A_pool.images, pools[0]) and torch.equal(recipe.fake_B_pool.images, pools[1])
 

@@ -1,16 +1,15 @@
 """The pix2pix recipe: steps run, one step equals the reference's maths written in plain torch, the lr schedule,
 non-finite skipping, extra_state, grids. Tiny widths at 32x32 (64x64 where the U-Net's dropout level matters)."""
-import argparse
 import copy
-import io
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fusegan.engine.precision import Precision
 from fusegan.engine.recipes import get_recipe
-from fusegan.engine.recipes.base import DataInfo, TrainContext
+from fusegan.engine.recipes.base import DataInfo
+from recipe_helpers import (assert_nonfinite_step_is_skipped, assert_steps_change_every_parameter, build_recipe,
+                            net_params, round_trip)
 
 TINY = ["--ngf", "4", "--ndf", "4"]
 LOSS_RTOL, LOSS_ATOL = 1e-5, 1e-6      # fp32: the same nets on the same inputs, loss formulas written differently
@@ -19,23 +18,14 @@ SGD_LR = 1e-2  # the maths test swaps Adam for SGD: Adam's first step is ~lr * s
 
 
 def build(args=(), res=32, channels=3, channels_b=None):
-    R = get_recipe("pix2pix")
-    parser = argparse.ArgumentParser()
-    R.add_arguments(parser)
-    ctx = TrainContext(device=torch.device("cpu"), precision=Precision("fp32", "cpu"), batch_size=2, impl="ref")
-    data = DataInfo(resolution=res, channels=channels, kind="paired", channels_b=channels_b)
-    return R(ctx, parser.parse_args([*TINY, *args]), data)
+    return build_recipe("pix2pix", [*TINY, *args],
+                        DataInfo(resolution=res, channels=channels, kind="paired", channels_b=channels_b))
 
 
 def make_batch(n=2, res=32, channels=3, channels_b=3, seed=1):
     g = torch.Generator().manual_seed(seed)
     return (torch.rand(n, channels, res, res, generator=g) * 2 - 1,
             torch.rand(n, channels_b, res, res, generator=g) * 2 - 1)
-
-
-def params(recipe):
-    return {f"{name}.{k}": v.detach().clone() for name, net in recipe.nets.items()
-            for k, v in net.named_parameters()}
 
 
 def test_class_attributes():
@@ -59,18 +49,7 @@ def test_optimizers_are_the_papers():
 
 
 def test_steps_run_and_change_every_parameter():
-    recipe = build()
-    before = params(recipe)
-    batch = make_batch()
-    for step in range(2):
-        losses = recipe.train_step(batch, step)
-        assert tuple(losses)[:4] == recipe.loss_names
-        for name, value in losses.items():
-            assert value.ndim == 0 and not value.requires_grad and torch.isfinite(value), name
-    after = params(recipe)
-    unchanged = [k for k in before if torch.equal(before[k], after[k])]
-    assert not unchanged, unchanged
-    assert recipe.nonfinite == []
+    assert_steps_change_every_parameter(build(), make_batch(), net_params)
 
 
 def _reference_step(G, D, A, B, gan_mode, lambda_l1=100.0):
@@ -147,10 +126,7 @@ def test_constant_lr_by_default_and_extra_state_round_trip():
     batch = make_batch(n=1)
     for step in range(3):
         recipe.train_step(batch, step)
-    buffer = io.BytesIO()
-    torch.save(recipe.extra_state(), buffer)
-    buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)
+    state = round_trip(recipe.extra_state())
     fresh = build(["--n-steps-const", "1", "--n-steps-decay", "4"])
     for name, opt in recipe.optimizers.items():  # the trainer restores optimizers before extra_state
         fresh.optimizers[name].load_state_dict(opt.state_dict())
@@ -170,11 +146,7 @@ def test_nan_input_skips_both_steps():
     recipe = build()
     A, B = make_batch()
     A[0, 0, 3, 3] = float("nan")
-    before = params(recipe)
-    recipe.train_step((A, B), 0)
-    assert recipe.nonfinite == ["D", "G"]
-    after = params(recipe)
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert_nonfinite_step_is_skipped(recipe, (A, B), 0, ["D", "G"], net_params)
 
 
 def test_translation_grid():

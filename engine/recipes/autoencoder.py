@@ -21,7 +21,7 @@ from fusegan.kernels.vae_loss import vae_loss
 from fusegan.models.autoencoder import (MLPVAE, NOISES, NORMS, RESOLUTIONS, ConvAutoencoder, ConvVAE,
                                         DenoisingAutoencoder)
 
-from .base import Recipe
+from .base import Recipe, eval_mode
 from .latent import interpolate_latents, latents_for_seeds
 
 SAMPLE_GRID = 64            # fixed prior latents in the VAE's 'samples' grid (8 x 8)
@@ -111,12 +111,8 @@ class _AutoencoderRecipe(Recipe):
     @contextlib.contextmanager
     def eval_mode(self):
         """The model in eval mode (BatchNorm running statistics, no sampling, no corruption) inside."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             yield
-        finally:
-            self.model.train(was_training)
 
     def reconstruct(self, x01):
         """Logits of the reconstruction of x01 (eval mode; the VAE uses the posterior mean)."""

@@ -11,6 +11,7 @@ Checkpoints save `recipe.nets` (safetensors), `recipe.optimizers`, and `recipe.e
 recipe keeps across steps (pl_mean, the CycleGAN image pool, ...) belongs in extra_state so resume is exact.
 """
 import argparse
+import contextlib
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
@@ -148,6 +149,20 @@ class Recipe:
         scaler.update()
         opt.zero_grad(set_to_none=True)
         return True
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module):
+    """The modules in eval mode inside (BatchNorm running statistics, no dropout), each one's own training
+    flag restored after, so that snapshots and samples neither draw from the RNG nor move running statistics."""
+    was_training = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, was_training):
+            m.train(mode)
 
 
 def set_requires_grad(module: nn.Module, flag: bool) -> None:

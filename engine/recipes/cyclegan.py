@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from fusegan.kernels.gan_loss import gan_loss
 from fusegan.models.pix2pix import NLayerDiscriminator, ResnetGenerator
 
-from .base import Recipe, set_requires_grad
-from .pix2pix import (GAN_MODES, add_lr_schedule_arguments, init_weights, make_lr_schedulers, side_by_side,
-                      step_lr_schedulers)
+from .base import Recipe, eval_mode, set_requires_grad
+from .pix2pix import (GAN_MODES, add_optimizer_arguments, add_width_arguments, init_weights, make_lr_schedulers,
+                      side_by_side, step_lr_schedulers)
 
 
 class ImagePool:
@@ -87,8 +87,7 @@ class CycleGANRecipe(Recipe):
     @classmethod
     def add_arguments(cls, parser):
         group = parser.add_argument_group("cyclegan")
-        group.add_argument("--ngf", type=int, default=64, help="generator width (default: 64)")
-        group.add_argument("--ndf", type=int, default=64, help="discriminator width (default: 64)")
+        add_width_arguments(group)
         group.add_argument("--n-blocks", type=int, default=None,
                            help="ResNet blocks in each generator (default: 9 at resolution >= 256, else 6)")
         group.add_argument("--n-layers-d", type=int, default=3, help="PatchGAN layers; 3 = 70x70 (default: 3)")
@@ -102,10 +101,7 @@ class CycleGANRecipe(Recipe):
         group.add_argument("--lambda-identity", type=float, default=0.5,
                            help="identity loss weight, relative to lambda_A/B; 0: none (default: 0.5)")
         group.add_argument("--pool-size", type=int, default=50, help="image pool per D; 0: none (default: 50)")
-        group.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default: 2e-4)")
-        group.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (default: 0.5)")
-        group.add_argument("--init-gain", type=float, default=0.02, help="std of the N(0, std) init (default: 0.02)")
-        add_lr_schedule_arguments(group, n_const=100_000, n_decay=100_000)
+        add_optimizer_arguments(group, n_const=100_000, n_decay=100_000)
 
     def __init__(self, ctx, options, data):
         super().__init__(ctx, options, data)
@@ -197,17 +193,10 @@ class CycleGANRecipe(Recipe):
     def translate(self, real_A, real_B):
         """(fake_B, rec_A, fake_A, rec_B) with the generators in eval mode (InstanceNorm has no running
         statistics and dropout is off by default, so this equals train mode without touching the RNG)."""
-        modes = {g: g.training for g in (self.G_A, self.G_B)}
-        for g in modes:
-            g.eval()
-        try:
-            with self.ctx.precision.autocast():
-                fake_B, fake_A = self.G_A(real_A), self.G_B(real_B)
-                rec_A, rec_B = self.G_B(fake_B), self.G_A(fake_A)
-            return tuple(x.float() for x in (fake_B, rec_A, fake_A, rec_B))
-        finally:
-            for g, mode in modes.items():
-                g.train(mode)
+        with eval_mode(self.G_A, self.G_B), self.ctx.precision.autocast():
+            fake_B, fake_A = self.G_A(real_A), self.G_B(real_B)
+            rec_A, rec_B = self.G_B(fake_B), self.G_A(fake_A)
+        return tuple(x.float() for x in (fake_B, rec_A, fake_A, rec_B))
 
     def snapshot_grid(self):
         if self.reference_batch is None:

@@ -5,7 +5,7 @@ import torch
 from fusegan.kernels.gan_loss import KINDS, gan_loss
 from fusegan.models.dcgan import RESOLUTIONS, Discriminator, Generator, weights_init
 
-from .base import Recipe, set_requires_grad
+from .base import Recipe, eval_mode, set_requires_grad
 from .latent import interpolate_latents, latents_for_seeds
 
 GRID_SIZE = 64  # fixed latents shown at every snapshot (8 x 8)
@@ -85,13 +85,8 @@ class DCGANRecipe(Recipe):
     @torch.no_grad()
     def generate(self, z):
         """G in eval mode (BatchNorm running statistics), so a sample does not depend on its batch."""
-        was_training = self.G.training
-        self.G.eval()
-        try:
-            with self.ctx.precision.autocast():
-                return self.G(z).float()
-        finally:
-            self.G.train(was_training)
+        with eval_mode(self.G), self.ctx.precision.autocast():
+            return self.G(z).float()
 
     def snapshot_grid(self):
         return {"fakes": (self.generate(self.fixed_z), 8)}

@@ -28,7 +28,7 @@ from torch import nn
 from fusegan.kernels.gan_loss import gan_loss
 from fusegan.models.pix2pix import NLayerDiscriminator, UnetGenerator
 
-from .base import Recipe, set_requires_grad
+from .base import Recipe, eval_mode, set_requires_grad
 
 # the reference's --gan_mode -> the fused gan_loss kind (vanilla: BCE with logits, lsgan: MSE against 1/0)
 GAN_MODES = {"vanilla": "logistic", "lsgan": "lsgan"}
@@ -59,6 +59,21 @@ def linear_decay_factor(step: int, n_const: int, n_decay: int) -> float:
     if n_decay <= 0:
         return 1.0
     return max(0.0, 1.0 - max(0, step + 1 - n_const) / (n_decay + 1))
+
+
+def add_width_arguments(group) -> None:
+    """The reference's --ngf / --ndf, the first options of both recipes."""
+    group.add_argument("--ngf", type=int, default=64, help="generator width (default: 64)")
+    group.add_argument("--ndf", type=int, default=64, help="discriminator width (default: 64)")
+
+
+def add_optimizer_arguments(group, n_const: int, n_decay: int) -> None:
+    """Adam, the N(0, std) init and the linear decay, as the reference sets them: the last options of both
+    recipes (only the decay's default length differs)."""
+    group.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate of G and D (default: 2e-4)")
+    group.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (default: 0.5)")
+    group.add_argument("--init-gain", type=float, default=0.02, help="std of the N(0, std) init (default: 0.02)")
+    add_lr_schedule_arguments(group, n_const, n_decay)
 
 
 def add_lr_schedule_arguments(group, n_const: int, n_decay: int) -> None:
@@ -112,8 +127,7 @@ class Pix2PixRecipe(Recipe):
     @classmethod
     def add_arguments(cls, parser):
         group = parser.add_argument_group("pix2pix")
-        group.add_argument("--ngf", type=int, default=64, help="generator width (default: 64)")
-        group.add_argument("--ndf", type=int, default=64, help="discriminator width (default: 64)")
+        add_width_arguments(group)
         group.add_argument("--num-downs", type=int, default=None,
                            help="U-Net levels (default: log2(resolution), 8 = unet_256 at 256)")
         group.add_argument("--n-layers-d", type=int, default=3, help="PatchGAN layers; 3 = 70x70 (default: 3)")
@@ -123,10 +137,7 @@ class Pix2PixRecipe(Recipe):
         group.add_argument("--gan-mode", choices=tuple(GAN_MODES), default="vanilla",
                            help="vanilla = BCE with logits, lsgan = least squares (default: vanilla)")
         group.add_argument("--lambda-l1", type=float, default=100.0, help="weight of the L1 term (default: 100)")
-        group.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate of G and D (default: 2e-4)")
-        group.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (default: 0.5)")
-        group.add_argument("--init-gain", type=float, default=0.02, help="std of the N(0, std) init (default: 0.02)")
-        add_lr_schedule_arguments(group, n_const=0, n_decay=0)
+        add_optimizer_arguments(group, n_const=0, n_decay=0)
 
     def __init__(self, ctx, options, data):
         super().__init__(ctx, options, data)
@@ -193,13 +204,8 @@ class Pix2PixRecipe(Recipe):
     @torch.no_grad()
     def translate(self, A):
         """G(A) in eval mode (see the module docstring for why not train mode)."""
-        was_training = self.G.training
-        self.G.eval()
-        try:
-            with self.ctx.precision.autocast():
-                return self.G(A).float()
-        finally:
-            self.G.train(was_training)
+        with eval_mode(self.G), self.ctx.precision.autocast():
+            return self.G(A).float()
 
     def snapshot_grid(self):
         if self.reference_batch is None:
