@@ -300,15 +300,19 @@ class OpCase:
         }
         return {v: every[v] for v in ctx.variants}
 
-    def run(self, ctx):
-        """Measures every variant in every mode of ctx; returns the records."""
+    def setup(self, ctx):
+        """(shape, dtype, inputs, variants) as ctx runs this case: the inputs made, the gradient inputs marked."""
         shape = tuple(self.smoke_shape if ctx.smoke else self.shape)
         dtype = ctx.smoke_dtype if ctx.smoke else self.dtype
         torch._dynamo.reset()  # each case compiles from scratch, for its own static shape
         inputs = self.make_inputs(shape, dtype, ctx.device, self.layout)
         for name in self.grad_inputs:
             inputs[name].requires_grad_(True)
-        variants = self.variants(ctx)
+        return shape, dtype, inputs, self.variants(ctx)
+
+    def run(self, ctx):
+        """Measures every variant in every mode of ctx; returns the records."""
+        shape, dtype, inputs, variants = self.setup(ctx)
         before = ctx.telemetry.read()
         extra, failed = self._check_forward(ctx, variants, inputs, dtype)
         records = []

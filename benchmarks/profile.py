@@ -131,16 +131,11 @@ def render_markdown(title, meta, rows, reps, rows_shown, table):
 
 
 def op_case_step(case, ctx, variant, mode):
-    """(prepare, step) of an op case's variant, set up as OpCase.run sets it up."""
+    """(prepare, step) of an op case's variant, set up as the benchmark sets it up."""
     from .harness import mode_callables
 
-    shape = tuple(case.smoke_shape if ctx.smoke else case.shape)
-    dtype = ctx.smoke_dtype if ctx.smoke else case.dtype
-    inputs = case.make_inputs(shape, dtype, ctx.device, case.layout)
-    for name in case.grad_inputs:
-        inputs[name].requires_grad_(True)
-    fn = case.variants(ctx)[variant]
-    return mode_callables(fn, inputs, case.grad_inputs, mode)
+    _, _, inputs, variants = case.setup(ctx)
+    return mode_callables(variants[variant], inputs, case.grad_inputs, mode)
 
 
 def train_case_step(case, ctx, variant):
