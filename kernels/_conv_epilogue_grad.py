@@ -115,6 +115,7 @@ def _launch(gy, conv, scale, noise, bias, act, alpha, gain, clamp, need_scale, n
     if noise is not None:
         noise = noise.expand(N, O, OH, OW)
     dummy = gy
+    bias = bias.contiguous() if bias is not None else None  # read at unit stride (bias[o]), as in the forward
     cv, sc, nz, bs = (t if t is not None else dummy for t in (conv, scale, noise, bias))
     _conv_epilogue_grad_kernel[grid](
         gy, cv, sc, nz, bs, gpre, *(t if t.numel() else dummy for t in (gscale, gbias, gnoise)),

@@ -74,11 +74,15 @@ def _norm_act_bwd_ref(g, y, gamma, beta, eps, instance, act_code, alpha):
 def _vjp_of_reference(fn, inputs, grad_outputs):
     """Vector-Jacobian product of fn(*inputs) (a plain-PyTorch function) that stays differentiable.
 
-    Inputs already in the autograd graph are used as they are, so the result carries gradients of
-    any order; the others become fresh leaves (their gradient is still returned)."""
+    Inputs already in the autograd graph enter through a view of each, so the result carries gradients of
+    any order while the vjp still treats the inputs as independent (one may depend on another, e.g. an
+    upstream gradient computed from the output it multiplies: differentiating through that dependency here
+    would count it twice, and free its graph); the others become fresh leaves (their gradient is still
+    returned)."""
     create = torch.is_grad_enabled()
-    prepared = [None if t is None else (t if t.requires_grad else t.detach().requires_grad_()) for t in inputs]
     with torch.enable_grad():
+        prepared = [None if t is None else (t.view_as(t) if t.requires_grad else t.detach().requires_grad_())
+                    for t in inputs]
         outs = fn(*prepared)
     if isinstance(outs, Tensor):
         outs = (outs,)
@@ -327,6 +331,8 @@ _cna_act_grad_op.register_autograd(_cna_act_grad_backward, setup_context=_cna_ac
 def conv_norm_act_triton(x, weight, bias, geom, transposed, reflect, out_hw, norm, norm_weight, norm_bias,
                          running_mean, running_var, use_batch_stats, momentum, eps, act_code, alpha):
     s, p, d = geom
+    # The kernels read bias, gamma and beta at unit stride: strided or expanded (stride-0) vectors are copied.
+    bias, norm_weight, norm_bias = (None if t is None else t.contiguous() for t in (bias, norm_weight, norm_bias))
     if norm is not None and not use_batch_stats:
         # Inference with running statistics: fold them into the conv, then conv + bias + act is one kernel.
         weight, bias = fold_norm_into_conv(weight, bias, norm_weight, norm_bias, running_mean, running_var, eps,

@@ -22,6 +22,7 @@ import torch
 from ._dispatch import interpreter_active
 from ._implicit_gemm import _mma  # acc += a @ b, shared with the modulated-conv kernels
 from ._triton import compute_dtype, tl, torch_compute_dtype, triton
+from ._validate import same_layout_empty as _out_like  # outputs in x's layout (contiguous or channels_last)
 
 ACT_CODES = {"linear": 0, "relu": 1, "lrelu": 2, "tanh": 3, "sigmoid": 4}
 STATS_NONE, STATS_BATCH, STATS_INSTANCE = 0, 1, 2
@@ -55,24 +56,6 @@ def _apply_act(z, alpha, ACT: tl.constexpr):
 
 
 @triton.jit
-def _act_grad_from_pre(z, alpha, ACT: tl.constexpr):
-    """d act(z) / dz from the pre-activation z."""
-    if ACT == 0:
-        d = tl.full(z.shape, 1.0, z.dtype)
-    elif ACT == 1:
-        d = tl.where(z > 0, 1.0, 0.0).to(z.dtype)
-    elif ACT == 2:
-        d = tl.where(z > 0, 1.0, alpha).to(z.dtype)
-    elif ACT == 3:
-        t = 1.0 - 2.0 / (tl.exp(2.0 * z) + 1.0)
-        d = 1.0 - t * t
-    else:
-        s = 1.0 / (1.0 + tl.exp(-z))
-        d = s * (1.0 - s)
-    return d
-
-
-@triton.jit
 def _act_grad_from_out(y, alpha, ACT: tl.constexpr):
     """d act(z) / dz from the activation's output y (valid because alpha >= 0 is enforced)."""
     if ACT == 0:
@@ -86,6 +69,13 @@ def _act_grad_from_out(y, alpha, ACT: tl.constexpr):
     else:
         d = y * (1.0 - y)
     return d
+
+
+@triton.jit
+def _act_grad_from_pre(z, alpha, ACT: tl.constexpr):
+    """d act(z) / dz from the pre-activation z: the same as from y = act(z), since with alpha >= 0, y > 0
+    exactly where z > 0, and tanh' and sigmoid' are functions of their outputs anyway (the same ops as before)."""
+    return _act_grad_from_out(_apply_act(z, alpha, ACT), alpha, ACT)
 
 
 @triton.jit
@@ -263,8 +253,10 @@ def _conv_wgrad_kernel(
 # Normalize + affine + activation (forward) and its fused backward
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def _tile_rows(pid_r, N, HW, TILES_PER_SAMPLE, PER_SAMPLE: tl.constexpr, BLOCK_R: tl.constexpr):
-    """Rows (flattened n, pixel) of a tile; per-sample tiles when statistics are per sample."""
+def _norm_tile(pid_r, N, C, HW, TILES_PER_SAMPLE, PER_SAMPLE: tl.constexpr, BLOCK_R: tl.constexpr,
+               BLOCK_C: tl.constexpr):
+    """The [BLOCK_R, BLOCK_C] tile of the three normalize kernels (one grid, so one definition): rows are
+    flattened (n, pixel), per-sample tiles when statistics are per sample. Returns (n, pix, c, c_ok, mask)."""
     if PER_SAMPLE:
         n_idx = pid_r // TILES_PER_SAMPLE
         pix = (pid_r % TILES_PER_SAMPLE) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -275,7 +267,9 @@ def _tile_rows(pid_r, N, HW, TILES_PER_SAMPLE, PER_SAMPLE: tl.constexpr, BLOCK_R
         ok = rows < N * HW
         n = rows // HW
         pix = rows % HW
-    return n, pix, ok
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    return n, pix, c, c_ok, ok[:, None] & c_ok[None, :]
 
 
 @triton.jit
@@ -298,6 +292,21 @@ def _load_norm_params(mean_ptr, rstd_ptr, nw_ptr, nb_ptr, n, c, c_ok, C,
 
 
 @triton.jit
+def _norm_act_grad_tile(g_ptr, y_ptr, mean_ptr, rstd_ptr, nw_ptr, nb_ptr, n, pix, c, c_ok, m, C,
+                        sgn, sgc, sgp, syn, syc, syp, alpha,
+                        INSTANCE: tl.constexpr, HAS_AFFINE: tl.constexpr, ACT: tl.constexpr, CDTYPE: tl.constexpr):
+    """xhat = (y - mean) * rstd and dz = g * act'(xhat * gamma + beta) of a tile: the backward's reduce pass sums
+    dz and the apply pass recomputes it (cheaper than storing it), so both must compute it the same way.
+    Returns (xhat, dz, rstd, gamma)."""
+    g = tl.load(g_ptr + (n * sgn + pix * sgp)[:, None] + c[None, :] * sgc, mask=m, other=0.0).to(CDTYPE)
+    y = tl.load(y_ptr + (n * syn + pix * syp)[:, None] + c[None, :] * syc, mask=m, other=0.0).to(CDTYPE)
+    mean, rstd, gamma, beta = _load_norm_params(mean_ptr, rstd_ptr, nw_ptr, nb_ptr, n, c, c_ok, C,
+                                                INSTANCE, HAS_AFFINE, CDTYPE)
+    xhat = (y - mean) * rstd
+    return xhat, g * _act_grad_from_pre(xhat * gamma + beta, alpha, ACT), rstd, gamma
+
+
+@triton.jit
 def _norm_act_fwd_kernel(
     y_ptr, out_ptr, mean_ptr, rstd_ptr, nw_ptr, nb_ptr,
     N, C, HW, TILES_PER_SAMPLE, syn, syc, syp, son, soc, sop, alpha_ptr,
@@ -305,10 +314,8 @@ def _norm_act_fwd_kernel(
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     alpha = _load_alpha(alpha_ptr, ACT, CDTYPE)
-    n, pix, r_ok = _tile_rows(tl.program_id(0).to(tl.int64), N, HW, TILES_PER_SAMPLE, INSTANCE, BLOCK_R)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
-    m = r_ok[:, None] & c_ok[None, :]
+    n, pix, c, c_ok, m = _norm_tile(tl.program_id(0).to(tl.int64), N, C, HW, TILES_PER_SAMPLE, INSTANCE, BLOCK_R,
+                                    BLOCK_C)
     y = tl.load(y_ptr + (n * syn + pix * syp)[:, None] + c[None, :] * syc, mask=m, other=0.0).to(CDTYPE)
     mean, rstd, gamma, beta = _load_norm_params(mean_ptr, rstd_ptr, nw_ptr, nb_ptr, n, c, c_ok, C,
                                                 INSTANCE, HAS_AFFINE, CDTYPE)
@@ -326,16 +333,10 @@ def _norm_act_bwd_reduce_kernel(
     """Activation gradient dz = g * act'(z) and, in the same pass, per-tile sums of dz and dz * xhat."""
     alpha = _load_alpha(alpha_ptr, ACT, CDTYPE)
     pid_r = tl.program_id(0).to(tl.int64)
-    n, pix, r_ok = _tile_rows(pid_r, N, HW, TILES_PER_SAMPLE, INSTANCE, BLOCK_R)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
-    m = r_ok[:, None] & c_ok[None, :]
-    g = tl.load(g_ptr + (n * sgn + pix * sgp)[:, None] + c[None, :] * sgc, mask=m, other=0.0).to(CDTYPE)
-    y = tl.load(y_ptr + (n * syn + pix * syp)[:, None] + c[None, :] * syc, mask=m, other=0.0).to(CDTYPE)
-    mean, rstd, gamma, beta = _load_norm_params(mean_ptr, rstd_ptr, nw_ptr, nb_ptr, n, c, c_ok, C,
-                                                INSTANCE, HAS_AFFINE, CDTYPE)
-    xhat = (y - mean) * rstd
-    dz = tl.where(m, g * _act_grad_from_pre(xhat * gamma + beta, alpha, ACT), 0.0)
+    n, pix, c, c_ok, m = _norm_tile(pid_r, N, C, HW, TILES_PER_SAMPLE, INSTANCE, BLOCK_R, BLOCK_C)
+    xhat, dz, _, _ = _norm_act_grad_tile(g_ptr, y_ptr, mean_ptr, rstd_ptr, nw_ptr, nb_ptr, n, pix, c, c_ok, m, C,
+                                         sgn, sgc, sgp, syn, syc, syp, alpha, INSTANCE, HAS_AFFINE, ACT, CDTYPE)
+    dz = tl.where(m, dz, 0.0)
     tl.store(psum_ptr + pid_r * C + c, tl.sum(dz, axis=0), mask=c_ok)
     tl.store(psumx_ptr + pid_r * C + c, tl.sum(dz * xhat, axis=0), mask=c_ok)
 
@@ -349,14 +350,11 @@ def _norm_act_bwd_apply_kernel(
 ):
     """dy = gamma * rstd * (dz - mean(dz) - xhat * mean(dz * xhat)): the normalization's backward."""
     alpha = _load_alpha(alpha_ptr, ACT, CDTYPE)
-    n, pix, r_ok = _tile_rows(tl.program_id(0).to(tl.int64), N, HW, TILES_PER_SAMPLE, INSTANCE, BLOCK_R)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
-    m = r_ok[:, None] & c_ok[None, :]
-    g = tl.load(g_ptr + (n * sgn + pix * sgp)[:, None] + c[None, :] * sgc, mask=m, other=0.0).to(CDTYPE)
-    y = tl.load(y_ptr + (n * syn + pix * syp)[:, None] + c[None, :] * syc, mask=m, other=0.0).to(CDTYPE)
-    mean, rstd, gamma, beta = _load_norm_params(mean_ptr, rstd_ptr, nw_ptr, nb_ptr, n, c, c_ok, C,
-                                                INSTANCE, HAS_AFFINE, CDTYPE)
+    n, pix, c, c_ok, m = _norm_tile(tl.program_id(0).to(tl.int64), N, C, HW, TILES_PER_SAMPLE, INSTANCE, BLOCK_R,
+                                    BLOCK_C)
+    xhat, dz, rstd, gamma = _norm_act_grad_tile(g_ptr, y_ptr, mean_ptr, rstd_ptr, nw_ptr, nb_ptr, n, pix, c, c_ok,
+                                                m, C, sgn, sgc, sgp, syn, syc, syp, alpha,
+                                                INSTANCE, HAS_AFFINE, ACT, CDTYPE)
     if INSTANCE:
         s_off = n[:, None] * C + c[None, :]
         sdz = tl.load(sdz_ptr + s_off, mask=m, other=0.0)
@@ -364,8 +362,6 @@ def _norm_act_bwd_apply_kernel(
     else:
         sdz = tl.load(sdz_ptr + c, mask=c_ok, other=0.0)[None, :]
         sdzx = tl.load(sdzx_ptr + c, mask=c_ok, other=0.0)[None, :]
-    xhat = (y - mean) * rstd
-    dz = g * _act_grad_from_pre(xhat * gamma + beta, alpha, ACT)
     dy = gamma * rstd * (dz - sdz / count - xhat * (sdzx / count))
     tl.store(dy_ptr + (n * sdn + pix * sdp)[:, None] + c[None, :] * sdc, dy.to(dy_ptr.dtype.element_ty), mask=m)
 
@@ -413,12 +409,6 @@ def _dot_flags(dtype):
     return dict(USE_DOT=dtype != torch.float64,
                 ALLOW_TF32=dtype == torch.float32 and bool(torch.backends.cudnn.allow_tf32),
                 UPCAST=dtype == torch.bfloat16 and interpreter_active())
-
-
-def _out_like(shape, like, dtype=None):
-    fmt = torch.channels_last if (not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last)) \
-        else torch.contiguous_format
-    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
 
 
 def _dense(t):

@@ -321,7 +321,8 @@ def conv_fwd_triton(x, w, in_scale=None, out_scale=None, noise=None, bias=None, 
         dot = torch.empty((grid_m, N, O), dtype=torch_compute_dtype(x.dtype), device=x.device)
     dummy = x
     ins, outs = in_scale if in_scale is not None else dummy, out_scale if out_scale is not None else dummy
-    nz, bs = noise if noise is not None else dummy, bias if bias is not None else dummy
+    # The kernel reads bias[o] at unit stride: a strided or expanded (stride-0) bias is made contiguous (O values).
+    nz, bs = noise if noise is not None else dummy, bias.contiguous() if bias is not None else dummy
     ax = aux if aux is not None else dummy
     _conv_fwd_kernel[grid](
         x, wk, ins, outs, nz, bs, y, conv if save_conv else y, ax, dot if aux is not None else y,

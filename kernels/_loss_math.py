@@ -8,6 +8,7 @@
   float arguments as fp32).
 - `reference_double_backward`: the backward of a backward op, computed as a vjp of the op's plain
   PyTorch reference; it stays differentiable, so third and higher derivatives work too.
+- `register_one_input_autograd`: that wiring in full for an op of one tensor and constant arguments.
 """
 import torch
 
@@ -99,3 +100,34 @@ def reference_double_backward(reference, dout, inputs, grads_of_grads):
     outputs, vjp_fn = torch.func.vjp(first_backward, dout, *inputs)
     cotangents = tuple(torch.zeros_like(o) if g is None else g for o, g in zip(outputs, grads_of_grads))
     return vjp_fn(cotangents)
+
+
+def register_one_input_autograd(op, backward_op, reference):
+    """Wires the autograd of `op(x, *args) -> y`, an op of one tensor x and constant (non-tensor) args.
+
+    Its gradient is `backward_op(dy, x, *args) -> dx` (another custom op, so the backward runs the
+    Triton kernel too), and that op's own gradient is `reference_double_backward` through
+    `reference(x, *args)`. minibatch_std and normalize_2nd_moment are exactly this shape; one
+    definition keeps their save/return bookkeeping (which tensors, how many Nones) from drifting.
+    """
+    def setup_context(ctx, inputs, output):
+        x, *args = inputs
+        ctx.save_for_backward(x)
+        ctx.args = tuple(args)
+
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensors
+        return (backward_op(dy, x, *ctx.args), *(None for _ in ctx.args))
+
+    def backward_setup_context(ctx, inputs, output):
+        dy, x, *args = inputs
+        ctx.save_for_backward(dy, x)
+        ctx.args = tuple(args)
+
+    def backward_backward(ctx, grad_dx):
+        dy, x = ctx.saved_tensors
+        grad_dy, grad_x = reference_double_backward(lambda x_: reference(x_, *ctx.args), dy, (x,), (grad_dx,))
+        return (grad_dy, grad_x, *(None for _ in ctx.args))
+
+    op.register_autograd(backward, setup_context=setup_context)
+    backward_op.register_autograd(backward_backward, setup_context=backward_setup_context)

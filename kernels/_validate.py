@@ -53,6 +53,33 @@ def check_finite_number(value, name, allow_none=True):
     return float(value)
 
 
+def check_broadcasts_to(t, name, shape, ref, ref_name="x"):
+    """`t` (None allowed) must be a floating tensor on `ref`'s device that broadcasts to `shape` without
+    growing it (e.g. a noise term of an op's output): the ops fold such terms in with zero strides."""
+    if t is None:
+        return
+    check_tensor(t, name)
+    check_same_device(ref, ref_name, t, name)
+    shape = tuple(shape)
+    try:
+        ok = t.ndim <= len(shape) and torch.broadcast_shapes(t.shape, shape) == shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} of shape {list(t.shape)} does not broadcast to the output shape {list(shape)}")
+
+
+def check_channel_vector(t, name, channels, ref, ref_name="x", whose="x has {} channels"):
+    """`t` (None allowed) must be a 1-D floating tensor on `ref`'s device with one entry per channel (a
+    bias); `whose` names where the channel count comes from in the message, e.g. 'weight has {} out channels'."""
+    if t is None:
+        return
+    check_tensor(t, name, ndim=1)
+    check_same_device(ref, ref_name, t, name)
+    if t.shape[0] != channels:
+        raise ValueError(f"{name} has length {t.shape[0]} but {whose.format(channels)}")
+
+
 def same_layout_empty(shape, like: torch.Tensor, dtype=None):
     """An empty tensor of `shape` laid out like `like`: channels_last if `like` is, else contiguous."""
     fmt = torch.channels_last if is_channels_last(like) else torch.contiguous_format

@@ -95,6 +95,18 @@ def _bias_act_ref(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=N
     return y
 
 
+def _noise_bias_act_ref(x, noise, bias, act, alpha, gain, clamp):
+    """`x + noise`, then bias_act in x's dtype (skipped where it is the identity): the reference of the epilogue
+    that modulated_conv2d's conv kernel and upfirdn2d_bias_act's FIR kernel fuse. One definition, so the two
+    references cannot drift apart. Arguments are valid, gain resolved (resolve_act_args); clamp None: none."""
+    if noise is not None:
+        x = x + noise.to(x.dtype)
+    if bias is not None or act != "linear" or gain != 1 or clamp is not None:
+        x = _bias_act_ref(x, None if bias is None else bias.to(x.dtype), 1, act, alpha, gain,
+                          -1.0 if clamp is None else clamp)
+    return x
+
+
 # ----------------------------------------------------------------------------------------------
 # 2. Triton kernels
 # ----------------------------------------------------------------------------------------------
@@ -237,6 +249,17 @@ def _add_channel_sums(db_ptr, v, mask, ch, ch_mask, CHANNEL_IS_COL: tl.constexpr
 
 
 @triton.jit
+def _through_clamp(d, z, alpha, gain, clamp, ACT: tl.constexpr, USE_CLAMP: tl.constexpr):
+    """d where the forward's clamp passed y = f(z) * gain through (|y| < clamp), else 0: the clamp's derivative,
+    shared by the first and second backward. y is recomputed in registers: cheaper than saving it and reading
+    it back."""
+    if USE_CLAMP:
+        y = _act_fwd(z, ACT, alpha) * gain
+        d = tl.where(tl.abs(y) < clamp, d, 0.0)
+    return d
+
+
+@triton.jit
 def _bias_act_fwd_kernel(
     x_ptr, b_ptr, y_ptr, R, K, C,
     alpha_hi, alpha_lo, gain_hi, gain_lo, clamp_hi, clamp_lo,
@@ -263,10 +286,7 @@ def _bias_act_bwd_kernel(
     z = _load_z(x_ptr, b_ptr, offs, mask, ch, ch_mask, HAS_BIAS, CHANNEL_IS_COL, COMPUTE)
     dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
     alpha, gain, clamp = _scalars(alpha_hi, alpha_lo, gain_hi, gain_lo, clamp_hi, clamp_lo, COMPUTE)
-    dx = dy * gain * _act_grad(z, ACT, alpha)
-    if USE_CLAMP:  # y recomputed in registers: cheaper than saving it and reading it back
-        y = _act_fwd(z, ACT, alpha) * gain
-        dx = tl.where(tl.abs(y) < clamp, dx, 0.0)
+    dx = _through_clamp(dy * gain * _act_grad(z, ACT, alpha), z, alpha, gain, clamp, ACT, USE_CLAMP)
     tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
     if NEED_DB:
         _add_channel_sums(db_ptr, dx, mask, ch, ch_mask, CHANNEL_IS_COL)
@@ -285,10 +305,7 @@ def _bias_act_grad2_kernel(
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
     dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
     alpha, gain, clamp = _scalars(alpha_hi, alpha_lo, gain_hi, gain_lo, clamp_hi, clamp_lo, COMPUTE)
-    dz = g * dy * gain * _act_grad2(z, ACT)
-    if USE_CLAMP:
-        y = _act_fwd(z, ACT, alpha) * gain
-        dz = tl.where(tl.abs(y) < clamp, dz, 0.0)
+    dz = _through_clamp(g * dy * gain * _act_grad2(z, ACT), z, alpha, gain, clamp, ACT, USE_CLAMP)
     tl.store(dz_ptr + offs, dz.to(dz_ptr.dtype.element_ty), mask=mask)
     if NEED_DB:
         _add_channel_sums(db_ptr, dz, mask, ch, ch_mask, CHANNEL_IS_COL)

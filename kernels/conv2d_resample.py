@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from . import _conv_ops
 from ._conv_ops import no_weight_gradients  # noqa: F401  (re-exported: NVIDIA's conv2d_gradfix API)
 from ._dispatch import resolve_impl
-from ._validate import check_positive_int, check_same_device, check_tensor
+from ._validate import check_positive_int, check_same_device, check_tensor, is_channels_last
 from .upfirdn2d import _parse_padding, upfirdn2d, upfirdn2d_bias_act
 
 __all__ = ["conv2d_resample", "no_weight_gradients"]
@@ -45,6 +45,18 @@ def _adjusted_padding(f, up, down, padding):
         py0 += (fh - down + 1) // 2
         py1 += (fh - down) // 2
     return px0, px1, py0, py1
+
+
+def _split_up_padding(px0, px1, py0, py1, kh, kw, up):
+    """NVIDIA's padding split for up > 1 (transposed conv, then FIR): the transposed conv pads by the symmetric
+    part (pxt, pyt) it can take; the FIR after it gets the rest. Returns (pxt, pyt, [fir px0, px1, py0, py1])."""
+    px0 -= kw - 1
+    px1 -= kw - up
+    py0 -= kh - 1
+    py1 -= kh - up
+    pxt = max(min(-px0, -px1), 0)
+    pyt = max(min(-py0, -py1), 0)
+    return pxt, pyt, [px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt]
 
 
 def output_size(in_h, in_w, kh, kw, f, up, down, padding):
@@ -81,7 +93,9 @@ def _conv_ref(x, w, stride=1, padding=0, groups=1, transpose=False, flip_weight=
     if not flip_weight and (kw > 1 or kh > 1):
         w = w.flip([2, 3])
     op = F.conv_transpose2d if transpose else F.conv2d
-    return op(x, w, stride=stride, padding=padding, groups=groups)
+    # torch's conv also follows a channels_last weight; the result keeps x's layout, as the Triton path's does.
+    layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+    return op(x, w, stride=stride, padding=padding, groups=groups).contiguous(memory_format=layout)
 
 
 def _conv2d_resample_ref(x, w, f=None, up=1, down=1, padding=(0, 0, 0, 0), groups=1, flip_weight=True,
@@ -107,15 +121,10 @@ def _conv2d_resample_ref(x, w, f=None, up=1, down=1, padding=(0, 0, 0, 0), group
         else:
             w = w.reshape(groups, out_channels // groups, in_per_group, kh, kw).transpose(1, 2)
             w = w.reshape(groups * in_per_group, out_channels // groups, kh, kw)
-        px0 -= kw - 1
-        px1 -= kw - up
-        py0 -= kh - 1
-        py1 -= kh - up
-        pxt = max(min(-px0, -px1), 0)
-        pyt = max(min(-py0, -py1), 0)
+        pxt, pyt, pads_fir = _split_up_padding(px0, px1, py0, py1, kh, kw, up)
         x = _conv_ref(x, w, stride=up, padding=[pyt, pxt], groups=groups, transpose=True,
                       flip_weight=not flip_weight)
-        x = fir(x, padding=[px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt], gain=up ** 2)
+        x = fir(x, padding=pads_fir, gain=up ** 2)
         if down > 1:
             x = fir(x, down=down)
         return x
@@ -160,8 +169,8 @@ def _conv_triton(x, w, *, stride=1, pads=(0, 0, 0, 0), groups=1, transposed=Fals
             e["noise"] = e["noise"][..., g * cout:(g + 1) * cout, :, :]
         outs.append(_conv_ops.conv2d_fused(x[:, g * cin:(g + 1) * cin], w[g * cout:(g + 1) * cout], **e, **geo))
     y = torch.cat(outs, dim=1)
-    return y.contiguous(memory_format=torch.channels_last) if outs[0].is_contiguous(
-        memory_format=torch.channels_last) and not outs[0].is_contiguous() else y
+    # x's layout (a group's channel slice of a channels_last x is not channels_last-dense, so outs[0] may not be).
+    return y.contiguous(memory_format=torch.channels_last) if is_channels_last(x) else y
 
 
 def _conv2d_resample_triton(x, w, f=None, up=1, down=1, padding=(0, 0, 0, 0), groups=1, flip_weight=True,
@@ -195,17 +204,11 @@ def _conv2d_resample_triton(x, w, f=None, up=1, down=1, padding=(0, 0, 0, 0), gr
         x = fir(x, padding=[px0, px1, py0, py1])
         return _conv_triton(x, w, stride=down, groups=groups, flip=not flip_weight, epi=full)
     if up > 1:
-        px0 -= kw - 1
-        px1 -= kw - up
-        py0 -= kh - 1
-        py1 -= kh - up
-        pxt = max(min(-px0, -px1), 0)
-        pyt = max(min(-py0, -py1), 0)
+        pxt, pyt, pads_fir = _split_up_padding(px0, px1, py0, py1, kh, kw, up)
         # NVIDIA: conv_transpose2d(x, w.transpose(0, 1), flipped unless flip_weight is False); the GEMM reads
         # w[o, c] directly, so only the flip remains.
         x = _conv_triton(x, w, stride=up, pads=(pxt, pxt, pyt, pyt), groups=groups, transposed=True,
                          flip=flip_weight, epi=scales)
-        pads_fir = [px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt]
         if down > 1:
             return fir_last(fir(x, padding=pads_fir, gain=up ** 2), down=down)
         return fir_last(x, padding=pads_fir, gain=up ** 2)
@@ -227,6 +230,9 @@ def check_resample_args(x, w, f, up, down, padding, groups, w_name="w", f_name="
         raise ValueError(f"up must be 1 or 2, got {up}")
     if down not in (1, 2):
         raise ValueError(f"down must be 1 or 2, got {down}")
+    if min(w.shape) == 0:  # (F.conv2d refuses no out channels, and returns no channels for no input channels)
+        raise ValueError(f"{w_name} must have at least one out channel, one input channel and a non-empty kernel, "
+                         f"got shape {tuple(w.shape)}")
     groups = check_positive_int(groups, "groups")
     if x.shape[1] % groups or w.shape[0] % groups:
         raise ValueError(f"groups={groups} must divide x's {x.shape[1]} channels and {w_name}'s {w.shape[0]} "

@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._dispatch import resolve_impl
-from ._validate import check_finite_number, check_same_device, check_tensor
+from ._validate import check_finite_number, check_same_device, check_tensor, is_channels_last
 
 NORMS = (None, "batch", "instance")
 ACTS = ("linear", "relu", "lrelu", "tanh", "sigmoid")
@@ -65,6 +65,9 @@ def _apply_act(z, act, alpha):
 def _conv_norm_act_ref(x, weight, bias, stride, padding, dilation, transposed, output_padding, norm,
                        norm_weight, norm_bias, running_mean, running_var, training, momentum, eps, act, alpha,
                        padding_mode):
+    # The result keeps x's layout, as the Triton path's does (torch's convs also follow a channels_last weight,
+    # and F.instance_norm returns NCHW for a channels_last input).
+    layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
     if padding_mode == "reflect":
         x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]), mode="reflect")
         padding = (0, 0)
@@ -76,7 +79,7 @@ def _conv_norm_act_ref(x, weight, bias, stride, padding, dilation, transposed, o
         y = F.batch_norm(y, running_mean, running_var, norm_weight, norm_bias, training, momentum, eps)
     elif norm == "instance":
         y = F.instance_norm(y, running_mean, running_var, norm_weight, norm_bias, training, momentum, eps)
-    return _apply_act(y, act, alpha)
+    return _apply_act(y, act, alpha).contiguous(memory_format=layout)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,6 +92,16 @@ def _pair(value, name, minimum):
     if any(v < minimum for v in items):
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return tuple(int(v) for v in items)
+
+
+def _check_choices(norm, act, padding_mode):
+    """The string options, checked by both conv2d_norm_act and Conv2dNormAct (which fails at construction)."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if act not in ACTS:
+        raise ValueError(f"act must be one of {ACTS}, got {act!r}")
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
 
 
 def _check_vector(t, name, size, ref):
@@ -116,12 +129,7 @@ def _validate(x, weight, bias, stride, padding, dilation, transposed, output_pad
     check_same_device(x, "x", weight, "weight")
     if weight.dtype != x.dtype:
         raise TypeError(f"weight must have x's dtype {x.dtype}, got {weight.dtype}")
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    if act not in ACTS:
-        raise ValueError(f"act must be one of {ACTS}, got {act!r}")
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    _check_choices(norm, act, padding_mode)
     if not isinstance(transposed, bool):
         raise TypeError(f"transposed must be a bool, got {transposed!r}")
     if not isinstance(training, bool):
@@ -136,13 +144,9 @@ def _validate(x, weight, bias, stride, padding, dilation, transposed, output_pad
         kind = "transposed " if transposed else ""
         raise ValueError(f"x has {x.shape[1]} channels but the {kind}conv weight of shape {tuple(weight.shape)} "
                          f"expects {in_ch} input channels (groups=1)")
-    if bias is not None:
-        check_tensor(bias, "bias", ndim=1)
-        check_same_device(x, "x", bias, "bias")
-        if bias.dtype != x.dtype:
-            raise TypeError(f"bias must have x's dtype {x.dtype}, got {bias.dtype}")
-        if bias.shape[0] != out_ch:
-            raise ValueError(f"bias must have {out_ch} elements (the conv's output channels), got {bias.shape[0]}")
+    _check_vector(bias, "bias", out_ch, x)
+    if bias is not None and bias.dtype != x.dtype:
+        raise TypeError(f"bias must have x's dtype {x.dtype}, got {bias.dtype}")
     if transposed:
         if padding_mode != "zeros":
             raise ValueError("padding_mode must be 'zeros' for a transposed conv (as in nn.ConvTranspose2d)")
@@ -167,6 +171,11 @@ def _validate(x, weight, bias, stride, padding, dilation, transposed, output_pad
         for t, name in ((norm_weight, "norm_weight"), (norm_bias, "norm_bias"), (running_mean, "running_mean"),
                         (running_var, "running_var")):
             _check_vector(t, name, out_ch, x)
+            # torch's rule (F.batch_norm refuses other mixes): x's dtype, or float32 beside a float16/bfloat16 x.
+            if t is not None and t.dtype != x.dtype and not (
+                    t.dtype == torch.float32 and x.dtype in (torch.float16, torch.bfloat16)):
+                raise TypeError(f"{name} must have x's dtype {x.dtype} (or float32 for a float16/bfloat16 x), "
+                                f"got {t.dtype}")
         if (running_mean is None) != (running_var is None):
             raise ValueError("running_mean and running_var must be given together")
         if not training and running_mean is None:
@@ -240,12 +249,7 @@ class Conv2dNormAct(nn.Module):
                  act="linear", alpha=None, transposed=False, output_padding=0, padding_mode="zeros", eps=1e-5,
                  momentum=0.1, affine=None, track_running_stats=None, impl=None, device=None, dtype=None):
         super().__init__()
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-        if act not in ACTS:
-            raise ValueError(f"act must be one of {ACTS}, got {act!r}")
-        if padding_mode not in PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        _check_choices(norm, act, padding_mode)
         bias = (norm is None) if bias is None else bias
         self.reflect_pad = None
         kw = dict(device=device, dtype=dtype)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ._dispatch import resolve_impl
-from ._loss_math import reference_double_backward
+from ._loss_math import register_one_input_autograd
 from ._triton import compute_dtype, tl, triton
 from ._validate import check_positive_int, check_tensor, same_layout_empty
 
@@ -37,7 +37,7 @@ def _minibatch_std_ref(x: Tensor, group_size, num_channels: int) -> Tensor:
     N, C, H, W = x.shape
     G = _group_size(group_size, N)
     F = num_channels
-    y = x.reshape(G, -1, F, C // F, H, W)
+    y = x.reshape(G, N // G, F, C // F, H, W)  # (not -1: ambiguous when x has no elements)
     y = y - y.mean(dim=0)
     y = y.square().mean(dim=0)
     y = (y + EPS).sqrt()
@@ -180,32 +180,7 @@ def _(dout, x, group_size, num_channels):
     return same_layout_empty(x.shape, x)
 
 
-def _setup_context(ctx, inputs, output):
-    x, group_size, num_channels = inputs
-    ctx.save_for_backward(x)
-    ctx.args = (group_size, num_channels)
-
-
-def _backward(ctx, dout):
-    (x,) = ctx.saved_tensors
-    return _minibatch_std_backward_op(dout, x, *ctx.args), None, None
-
-
-def _backward_setup_context(ctx, inputs, output):
-    dout, x, group_size, num_channels = inputs
-    ctx.save_for_backward(dout, x)
-    ctx.args = (group_size, num_channels)
-
-
-def _backward_backward(ctx, grad_dx):
-    dout, x = ctx.saved_tensors
-    ref = lambda x_: _minibatch_std_ref(x_, *ctx.args)  # noqa: E731
-    grad_dout, grad_x = reference_double_backward(ref, dout, (x,), (grad_dx,))
-    return grad_dout, grad_x, None, None
-
-
-_minibatch_std_op.register_autograd(_backward, setup_context=_setup_context)
-_minibatch_std_backward_op.register_autograd(_backward_backward, setup_context=_backward_setup_context)
+register_one_input_autograd(_minibatch_std_op, _minibatch_std_backward_op, _minibatch_std_ref)
 
 
 # ---------------------------------------------------------------------------------------------

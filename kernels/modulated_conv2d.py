@@ -60,8 +60,8 @@ import math
 import torch
 
 from ._dispatch import resolve_impl
-from ._validate import check_same_device, check_tensor
-from .bias_act import _bias_act_ref, activation_funcs, resolve_act_args
+from ._validate import check_broadcasts_to, check_channel_vector, check_same_device, check_tensor
+from .bias_act import _noise_bias_act_ref, activation_funcs, resolve_act_args
 from .conv2d_resample import (_conv2d_resample_ref, _conv2d_resample_triton, check_resample_args,
                               no_weight_gradients, output_size)
 
@@ -72,7 +72,8 @@ DEMOD_EPS = 1e-8
 
 def demodulation_coefficients(weight, styles, eps=DEMOD_EPS):
     """d[n, o] = rsqrt(sum_{i, ky, kx} (weight[o, i, ky, kx] * styles[n, i])^2 + eps), as one small matmul."""
-    return (styles.square() @ weight.square().sum(dim=(2, 3)).transpose(0, 1) + eps).rsqrt()
+    dtype = torch.promote_types(weight.dtype, styles.dtype)  # as NVIDIA's weight * styles: mixed dtypes promote
+    return (styles.to(dtype).square() @ weight.to(dtype).square().sum(dim=(2, 3)).transpose(0, 1) + eps).rsqrt()
 
 
 def _prenormalize_fp16(weight, styles):
@@ -86,17 +87,11 @@ def _prenormalize_fp16(weight, styles):
 def _modulated_conv2d_ref(x, weight, styles, dcoefs, noise, up, down, pads, f, flip_weight, bias, act, alpha, gain,
                           clamp):
     """NVIDIA's non-fused path (fused_modconv=False) in plain PyTorch, then bias_act's reference."""
-    n = x.shape[0]
-    x = x * styles.to(x.dtype).reshape(n, -1, 1, 1)
+    x = x * styles.to(x.dtype)[:, :, None, None]  # (not reshape(n, -1, 1, 1): ambiguous for an empty batch)
     x = _conv2d_resample_ref(x, weight.to(x.dtype), f, up, down, pads, 1, flip_weight, False)
     if dcoefs is not None:
-        x = x * dcoefs.to(x.dtype).reshape(n, -1, 1, 1)
-    if noise is not None:
-        x = x + noise.to(x.dtype)
-    if bias is not None or act != "linear" or gain != 1 or clamp is not None:
-        x = _bias_act_ref(x, None if bias is None else bias.to(x.dtype), 1, act, alpha, gain,
-                          -1.0 if clamp is None else clamp)
-    return x
+        x = x * dcoefs.to(x.dtype)[:, :, None, None]
+    return _noise_bias_act_ref(x, noise, bias, act, alpha, gain, clamp)
 
 
 def _check_args(x, weight, styles, noise, up, down, padding, resample_filter, bias, act, alpha, gain, clamp,
@@ -115,21 +110,8 @@ def _check_args(x, weight, styles, noise, up, down, padding, resample_filter, bi
     out_shape = (x.shape[0], weight.shape[0],
                  *output_size(x.shape[2], x.shape[3], weight.shape[2], weight.shape[3], resample_filter, up, down,
                               pads))
-    if noise is not None:
-        check_tensor(noise, "noise")
-        check_same_device(x, "x", noise, "noise")
-        try:
-            ok = noise.ndim <= 4 and torch.broadcast_shapes(noise.shape, out_shape) == out_shape
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise ValueError(f"noise of shape {list(noise.shape)} does not broadcast to the output shape "
-                             f"{list(out_shape)}")
-    if bias is not None:
-        check_tensor(bias, "bias", ndim=1)
-        check_same_device(x, "x", bias, "bias")
-        if bias.shape[0] != weight.shape[0]:
-            raise ValueError(f"bias has length {bias.shape[0]} but weight has {weight.shape[0]} out channels")
+    check_broadcasts_to(noise, "noise", out_shape, x)
+    check_channel_vector(bias, "bias", weight.shape[0], x, whose="weight has {} out channels")
     if not isinstance(act, str) or act not in activation_funcs:
         raise ValueError(f"act must be one of {sorted(activation_funcs)}, got {act!r}")
     for name, value in flags.items():

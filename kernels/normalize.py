@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ._dispatch import resolve_impl
-from ._loss_math import reference_double_backward, split_float
+from ._loss_math import register_one_input_autograd, split_float
 from ._triton import compute_dtype, tl, triton
 from ._validate import check_dim, check_finite_number, check_tensor, is_channels_last
 
@@ -154,32 +154,7 @@ def _(dy, x, dim, eps):
     return torch.empty_like(_as_outer_d_inner(x, dim)[0])
 
 
-def _setup_context(ctx, inputs, output):
-    x, dim, eps = inputs
-    ctx.save_for_backward(x)
-    ctx.args = (dim, eps)
-
-
-def _backward(ctx, dy):
-    (x,) = ctx.saved_tensors
-    return _normalize_backward_op(dy, x, *ctx.args), None, None
-
-
-def _backward_setup_context(ctx, inputs, output):
-    dy, x, dim, eps = inputs
-    ctx.save_for_backward(dy, x)
-    ctx.args = (dim, eps)
-
-
-def _backward_backward(ctx, grad_dx):
-    dy, x = ctx.saved_tensors
-    ref = lambda x_: _normalize_2nd_moment_ref(x_, *ctx.args)  # noqa: E731
-    grad_dy, grad_x = reference_double_backward(ref, dy, (x,), (grad_dx,))
-    return grad_dy, grad_x, None, None
-
-
-_normalize_op.register_autograd(_backward, setup_context=_setup_context)
-_normalize_backward_op.register_autograd(_backward_backward, setup_context=_backward_setup_context)
+register_one_input_autograd(_normalize_op, _normalize_backward_op, _normalize_2nd_moment_ref)
 
 
 # ---------------------------------------------------------------------------------------------

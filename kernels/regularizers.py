@@ -56,7 +56,8 @@ def _gradient_penalty_ref(grad: Tensor, center: float) -> Tensor:
 
 
 def _path_lengths_ref(grad_ws: Tensor) -> Tensor:
-    return grad_ws.to(torch_compute_dtype(grad_ws.dtype)).square().sum(2).mean(1).sqrt()
+    # NVIDIA's formula, with the sqrt's gradient at 0 taken as 0 (as the Triton path and gradient_penalty do).
+    return _safe_sqrt(grad_ws.to(torch_compute_dtype(grad_ws.dtype)).square().sum(2).mean(1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,6 +250,8 @@ def path_length_penalty(grad_ws: Tensor, pl_mean: Union[Tensor, float], decay: f
     penalty is float32 (float64 for float64 grad_ws).
     """
     _check_grad(grad_ws, "grad_ws", ndim=3)
+    if grad_ws.shape[1] == 0:
+        raise ValueError(f"grad_ws must have at least one ws (the mean is over them), got {tuple(grad_ws.shape)}")
     pl_mean = _check_pl_mean(pl_mean, grad_ws)
     decay = check_finite_number(decay, "decay", allow_none=False)
     impl = resolve_impl(impl, grad_ws.device)

@@ -26,11 +26,12 @@ from torch import Tensor
 
 from ._dispatch import interpreter_active, resolve_impl
 from ._triton import compute_dtype, tl, triton
-from ._validate import check_finite_number, check_positive_int, check_same_device, check_tensor, is_channels_last, same_layout_empty
+from ._validate import (check_broadcasts_to, check_channel_vector, check_finite_number, check_positive_int,
+                        check_same_device, check_tensor, is_channels_last, same_layout_empty)
 # The epilogue's activation math and its fp64-exact scalar passing are bias_act's own (imported, not copied), so
 # the fused FIR + bias_act computes exactly bias_act's math; its gradient is the conv epilogue's one-pass backward.
 from ._conv_epilogue_grad import conv_epilogue_grad, noise_is_channel_broadcast
-from .bias_act import ACT_CODES, _act_fwd, _bias_act_ref, _scalars, _split, is_nonlinear, resolve_act_args
+from .bias_act import ACT_CODES, _act_fwd, _noise_bias_act_ref, _scalars, _split, is_nonlinear, resolve_act_args
 
 # ------------------------------------------------------------------------------------------------
 # Argument parsing and checks (shared by every entry point, all run before any launch).
@@ -139,7 +140,9 @@ def _upfirdn2d_ref(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
     f = (f.to(torch.promote_types(f.dtype, x.dtype)) * (gain ** (f.ndim / 2))).to(x.dtype)
     if not flip_filter:
         f = f.flip(list(range(f.ndim)))
-    if f.ndim == 2:
+    if c == 0:  # conv2d refuses groups=0: the valid-convolution crop alone gives the (empty) output's shape
+        y = y[:, :, f.shape[0] - 1:, f.shape[-1] - 1:]
+    elif f.ndim == 2:
         y = F.conv2d(y, f.expand(c, 1, -1, -1), groups=c)
     else:
         y = F.conv2d(y, f.reshape(1, 1, 1, -1).expand(c, -1, -1, -1), groups=c)
@@ -493,20 +496,8 @@ def _check_epilogue_args(x, f, up, down, padding, noise, bias, act, alpha, act_g
     fw, fh = _filter_size(f)
     out_shape = (x.shape[0], x.shape[1], _out_size(x.shape[2], up[1], down[1], padding[2], padding[3], fh)[1],
                  _out_size(x.shape[3], up[0], down[0], padding[0], padding[1], fw)[1])
-    if noise is not None:
-        check_tensor(noise, "noise")
-        check_same_device(x, "x", noise, "noise")
-        try:
-            ok = noise.ndim <= 4 and torch.broadcast_shapes(noise.shape, out_shape) == out_shape
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise ValueError(f"noise of shape {list(noise.shape)} does not broadcast to the output shape {list(out_shape)}")
-    if bias is not None:
-        check_tensor(bias, "bias", ndim=1)
-        check_same_device(x, "x", bias, "bias")
-        if bias.shape[0] != x.shape[1]:
-            raise ValueError(f"bias has length {bias.shape[0]} but x has {x.shape[1]} channels")
+    check_broadcasts_to(noise, "noise", out_shape, x)
+    check_channel_vector(bias, "bias", x.shape[1], x)
     act_gain = check_finite_number(act_gain, "act_gain")
     return resolve_act_args(act, alpha, act_gain, clamp)
 
@@ -527,13 +518,7 @@ def upfirdn2d_bias_act(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1,
     impl = resolve_impl(impl, x.device)
     fir_args = (list(up), list(down), list(padding), bool(flip_filter), gain)
     if impl == "ref":
-        y = _upfirdn2d_ref(x, f, *fir_args)
-        if noise is not None:
-            y = y + noise.to(y.dtype)
-        if bias is not None or act != "linear" or act_gain != 1 or clamp is not None:
-            y = _bias_act_ref(y, None if bias is None else bias.to(y.dtype), 1, act, alpha, act_gain,
-                              -1.0 if clamp is None else clamp)
-        return y
+        return _noise_bias_act_ref(_upfirdn2d_ref(x, f, *fir_args), noise, bias, act, alpha, act_gain, clamp)
     if noise is None and bias is None and act == "linear" and act_gain == 1 and clamp is None:
         return _upfirdn2d_op(x, f, *fir_args)
     # In training, keep the pre-activation for the backward (one extra write) instead of recomputing it there.

@@ -107,6 +107,8 @@ def _vae_loss_fwd_triton(recon, target, mu, logvar, recon_kind, beta, reduction,
             recon, target, mu, logvar, g_recon, g_mu, g_logvar, total, recon.numel(), mu.numel(), divisor,
             beta_hi, beta_lo, BCE=recon_kind == "bce_logits", STORE_GRAD=need_grad, BLOCK=ELEMENTWISE_BLOCK,
             CDTYPE=compute_dtype(recon.dtype))
+    if reduction == "mean" and recon.shape[0] == 0:
+        total = total / 0  # nan: the mean over no samples, as the reference (and torch's mean of nothing)
     return total.to(recon.dtype), g_recon, g_mu, g_logvar
 
 

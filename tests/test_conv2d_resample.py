@@ -71,6 +71,24 @@ def test_channels_last_and_odd_channel_counts(device):
     torch.testing.assert_close(got, want, **FP32_TOL)
 
 
+@pytest.mark.parametrize("impl", ["ref", "triton"])
+@pytest.mark.parametrize("up,down", [(1, 1), (2, 1), (1, 2)])
+@pytest.mark.parametrize("x_layout,w_layout,groups", [
+    (torch.channels_last, torch.contiguous_format, 2),  # Triton's per-group slices are not channels_last-dense
+    (torch.contiguous_format, torch.channels_last, 1),  # torch's conv follows a channels_last weight
+    (torch.channels_last, torch.channels_last, 1),
+])
+def test_returns_the_layout_of_x(x_layout, w_layout, groups, up, down, impl, device):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 5, 6, generator=g).to(device).contiguous(memory_format=x_layout)
+    w = torch.randn(6, 4 // groups, 3, 3, generator=g).to(device).contiguous(memory_format=w_layout)
+    f = FILTER.to(device)
+    got = conv2d_resample(x, w, f, up, down, 1, groups, impl=impl)
+    assert got.is_contiguous(memory_format=x_layout)
+    want = oracle(x.contiguous(), w.contiguous(), f, up, down, [1] * 4, groups, True, False)
+    torch.testing.assert_close(got, want, **FP32_TOL)
+
+
 @pytest.mark.parametrize("up,down,k", [(1, 1, 3), (2, 1, 3), (1, 2, 3), (1, 2, 1)])
 def test_gradcheck_and_gradgradcheck(up, down, k, device):
     x = torch.randn(1, 2, 4, 3, dtype=torch.float64, device=device, requires_grad=True)
@@ -102,6 +120,9 @@ def test_no_weight_gradients(impl, device):
     (dict(groups=2), ValueError, "groups=2 must divide"),
     (dict(f=torch.ones(1, 1, 1)), ValueError, "f must be a non-empty 1-D or 2-D filter"),
     (dict(padding=-3), ValueError, "the output would be"),
+    (dict(w=torch.randn(0, 3, 3, 3)), ValueError, "w must have at least one out channel"),
+    (dict(x=torch.randn(2, 0, 5, 5), w=torch.randn(4, 0, 3, 3)), ValueError, "w must have at least one out channel"),
+    (dict(w=torch.randn(4, 3, 0, 3)), ValueError, "w must have at least one out channel"),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_bad_inputs(kwargs, err, match):
     args = dict(x=torch.randn(2, 3, 5, 5), w=torch.randn(4, 3, 3, 3))

@@ -153,6 +153,23 @@ def test_channels_last(case, device):
     torch.testing.assert_close(x.grad, xr.grad, **TOL[torch.float32])
 
 
+@pytest.mark.parametrize("impl", ["ref", "triton"])
+@pytest.mark.parametrize("x_layout,w_layout,transposed,norm", [
+    (torch.contiguous_format, torch.channels_last, False, "batch"),  # torch's conv2d follows a channels_last weight
+    (torch.channels_last, torch.contiguous_format, True, "instance"),  # F.instance_norm's reshape drops NHWC
+])
+def test_returns_the_layout_of_x(x_layout, w_layout, transposed, norm, impl, device):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5, 5, generator=g).to(device).contiguous(memory_format=x_layout)
+    w = torch.randn(*((3, 4) if transposed else (4, 3)), 3, 3, generator=g).to(device)
+    w = w.contiguous(memory_format=w_layout)
+    y = conv2d_norm_act(x, w, padding=1, transposed=transposed, norm=norm, act="relu", impl=impl)
+    assert y.is_contiguous(memory_format=x_layout)
+    want = conv2d_norm_act(x.contiguous(), w.contiguous(), padding=1, transposed=transposed, norm=norm, act="relu",
+                           impl="ref")
+    torch.testing.assert_close(y, want, **TOL[torch.float32])
+
+
 def test_triton_matches_reference_in_float64(device):
     # Tighter than fp32: the kernels compute in fp64 for fp64 inputs, including the statistics.
     for case in (CASES[2], CASES[4], CASES[6], CASES[9]):
@@ -214,6 +231,44 @@ def test_gradcheck_triton(spec, device):
     check_undefined = spec is GRAD_CASES[0]
     assert gradcheck(fn, inputs, fast_mode=True, check_undefined_grad=check_undefined)
     assert gradgradcheck(fn, inputs, fast_mode=True, check_undefined_grad=check_undefined)
+
+
+@pytest.mark.parametrize("norm,act", [(None, "lrelu"), ("batch", "tanh"), ("instance", "linear")])
+def test_penalty_through_two_layers_matches_reference(norm, act, device):
+    # R1 / WGAN-GP through a stack: the first layer's output gradient depends on its own output (through the second
+    # layer), unlike gradgradcheck's independent grad_outputs. The reference-vjp double backward used to treat that
+    # gradient and the output as one graph: "backward through the graph a second time" (and a doubled term).
+    g = torch.Generator().manual_seed(0)
+    f64 = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(device)  # noqa: E731
+    x0, w1, w2 = f64(2, 2, 4, 4), f64(3, 2, 3, 3), f64(1, 3, 3, 3)
+    results = []
+    for impl in ("triton", "ref"):
+        x, w1_ = x0.clone().requires_grad_(), w1.clone().requires_grad_()
+        h = conv2d_norm_act(x, w1_, padding=1, norm=norm, act=act, impl=impl)
+        out = conv2d_norm_act(h, w2, padding=1, act="lrelu", alpha=0.2, impl=impl)
+        gx, = torch.autograd.grad(out.sum(), x, create_graph=True)
+        results.append(torch.autograd.grad(gx.square().sum(), [w1_, x]))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("view", ["strided", "expanded"])
+@pytest.mark.parametrize("norm", [None, "batch"])
+def test_non_contiguous_parameter_vectors(norm, view, device):
+    # bias / norm_weight / norm_bias given as strided or stride-0 views: the same result and gradients as their
+    # contiguous copies (the kernels used to read them at unit stride).
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5, 5, generator=g, dtype=torch.float64).to(device)
+    w = torch.randn(4, 3, 3, 3, generator=g, dtype=torch.float64).to(device)
+    base = torch.randn(8, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    results = []
+    for impl in ("triton", "ref"):
+        vec = base[::2] if view == "strided" else base[1:2].expand(4)
+        vecs = dict(bias=vec) if norm is None else dict(norm_weight=vec, norm_bias=base[1::2])
+        y = conv2d_norm_act(x, w, padding=1, norm=norm, act="lrelu", alpha=0.2, impl=impl, **vecs)
+        results.append((y, *torch.autograd.grad(y.square().sum(), [base])))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
 
 
 def test_triton_first_order_gradient_full_jacobian(device):
@@ -290,6 +345,12 @@ def _bad(**overrides):
     (dict(norm="batch", training=False), ValueError, "needed when training=False"),
     (dict(weight=torch.randn(4, 3, 9, 9)), ValueError, "conv output would be empty"),
     (dict(norm="batch", eps=0.0), ValueError, "eps must be > 0"),
+    (dict(norm="batch", norm_weight=torch.ones(4, dtype=torch.float64)), TypeError, "norm_weight must have x's dtype"),
+    (dict(x=torch.randn(2, 3, 6, 6, dtype=torch.float64), weight=torch.randn(4, 3, 3, 3, dtype=torch.float64),
+          norm="batch", running_mean=torch.zeros(4), running_var=torch.ones(4)), TypeError,
+     "running_mean must have x's dtype"),
+    (dict(x=torch.randn(2, 3, 6, 6).bfloat16(), weight=torch.randn(4, 3, 3, 3).bfloat16(), norm="instance",
+          norm_bias=torch.ones(4, dtype=torch.float16)), TypeError, "norm_bias must have x's dtype"),
 ])
 def test_bad_input(overrides, error, match, impl):
     with pytest.raises(error, match=match):

@@ -174,6 +174,47 @@ def test_channels_last_in_channels_last_out(up, down, k, device):
     torch.testing.assert_close(got, want, **FP32_TOL)
 
 
+@pytest.mark.parametrize("view", ["strided", "expanded"])
+@pytest.mark.parametrize("up,down,k", [(1, 1, 3), (2, 1, 3), (1, 2, 3)])
+def test_non_contiguous_bias(up, down, k, view, device):
+    # A strided or stride-0 bias is what its contiguous copy is, forward and backward (the GEMM's epilogue and the
+    # epilogue-gradient kernel used to read it at unit stride: wrong values, and past the end of a stride-0 one).
+    x, w, s = _inputs(dtype=torch.float64, device=device)
+    base = torch.randn(8, dtype=torch.float64, device=device, requires_grad=True)
+    bias = base[::2] if view == "strided" else base[:1].expand(4)
+    kw = dict(up=up, down=down, padding=k // 2, resample_filter=FILTER.to(device), act="lrelu", clamp=0.8)
+    want = oracle(x, w, s, up=up, down=down, padding=k // 2, f=FILTER.to(device), bias=bias.detach(), act="lrelu",
+                  clamp=0.8)
+    gy = torch.randn_like(want)
+    results = []
+    for impl in ("triton", "ref"):
+        y = modulated_conv2d(x, w, s, bias=bias, impl=impl, **kw)
+        torch.testing.assert_close(y, want, **FP64_TOL)
+        results.append(torch.autograd.grad(y, base, gy)[0])
+    torch.testing.assert_close(results[0], results[1], **FP64_TOL)
+
+
+@pytest.mark.parametrize("impl", ["ref", "triton"])
+def test_styles_dtype_may_differ_from_weight(impl, device):
+    # As NVIDIA's (weight * styles promotes): fp32 styles with an fp64 weight compute as fp64 styles, no crash.
+    x, w, s = _inputs(dtype=torch.float64, device=device)
+    s32 = s.float()
+    want = modulated_conv2d(x, w, s32.double(), padding=1, impl=impl)
+    torch.testing.assert_close(modulated_conv2d(x, w, s32, padding=1, impl=impl), want, **FP64_TOL)
+    torch.testing.assert_close(modulated_conv2d(x, w.float(), s, padding=1, impl=impl),
+                               modulated_conv2d(x, w.float().double(), s, padding=1, impl=impl), **FP64_TOL)
+
+
+@pytest.mark.parametrize("impl", ["ref", "triton"])
+@pytest.mark.parametrize("up,down", [(1, 1), (2, 1), (1, 2)])
+def test_empty_batch(up, down, impl, device):
+    x, w, s = _inputs(n=0, device=device)
+    y = modulated_conv2d(x, w, s, up=up, down=down, padding=1, resample_filter=FILTER.to(device), impl=impl)
+    one = modulated_conv2d(*_inputs(n=1, device=device), up=up, down=down, padding=1,
+                           resample_filter=FILTER.to(device), impl=impl)
+    assert y.shape == (0, *one.shape[1:])
+
+
 def test_result_does_not_depend_on_fused_modconv(device):
     x, w, s = _inputs(device=device)
     for impl in ("ref", "triton"):
@@ -437,6 +478,9 @@ def _bad(**over):
     (_bad(styles=torch.randn(6)), ValueError, "styles must be 2-D"),
     (_bad(weight=torch.randn(4, 5, 3, 3)), ValueError, "weight has 5 input channels"),
     (_bad(weight=torch.randn(4, 3, 3, 3, 1)), ValueError, "weight must be a 4-D"),
+    (_bad(weight=torch.randn(0, 3, 3, 3)), ValueError, "weight must have at least one out channel"),
+    (_bad(x=torch.randn(2, 0, 5, 7), weight=torch.randn(4, 0, 3, 3), styles=torch.randn(2, 0)), ValueError,
+     "weight must have at least one out channel, one input channel"),
     (_bad(x=torch.randn(2, 3, 5)), ValueError, "x must be 4-D"),
     (_bad(up=3), ValueError, "up must be 1 or 2"),
     (_bad(down=0), ValueError, "down must be >= 1"),
@@ -535,8 +579,9 @@ def test_half_precision_against_fp32_reference(up, down, k, dtype):
     x, w, s = _inputs(n=4, i=64, o=48, h=17, w=15, k=k, device="cuda")
     f = FILTER.cuda()
     b = torch.randn(48, device="cuda")
-    want = modulated_conv2d(x, w, s, up=up, down=down, padding=k // 2, resample_filter=f, bias=b, act="lrelu",
-                            impl="ref")
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # an fp32 reference, not a TF32 one
+        want = modulated_conv2d(x, w, s, up=up, down=down, padding=k // 2, resample_filter=f, bias=b, act="lrelu",
+                                impl="ref")
     got = modulated_conv2d(x.to(dtype), w, s, up=up, down=down, padding=k // 2, resample_filter=f, bias=b.to(dtype),
                            act="lrelu", impl="triton")
     assert got.dtype == dtype

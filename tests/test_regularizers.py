@@ -117,6 +117,17 @@ def test_gradient_penalty_at_a_zero_gradient_has_zero_gradient(device):
         assert torch.equal(dg, torch.zeros_like(g))
 
 
+def test_path_length_at_a_zero_gradient_has_zero_gradient(device):
+    # As gradient_penalty: a zero path length gets a zero gradient on both paths (the reference's plain sqrt gave
+    # NaN there while the Triton path gave 0).
+    g = torch.zeros(2, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
+    for impl in IMPLS:
+        pen, _ = path_length_penalty(g, 0.5, impl=impl)
+        torch.testing.assert_close(pen, torch.full((2,), 0.495 ** 2, dtype=torch.float64, device=device))
+        (dg,) = torch.autograd.grad(pen.sum(), g)
+        assert torch.equal(dg, torch.zeros_like(g))
+
+
 # ---------------------------------------------------------------------------------------------
 # End to end: the regularizers at the end of create_graph chains
 # ---------------------------------------------------------------------------------------------
@@ -219,6 +230,9 @@ def test_bad_arguments_are_rejected_with_clear_messages():
         path_length_penalty(torch.randn(2, 3, 4), 0.0, decay="fast")
     with pytest.raises(ValueError, match="non-empty batch"):
         r1_penalty(torch.randn(0, 3))
+    for impl in IMPLS:  # a mean over no ws: NaN on one path, 0 on the other, before it was refused
+        with pytest.raises(ValueError, match="grad_ws must have at least one ws"):
+            path_length_penalty(torch.randn(2, 0, 4), 0.0, impl=impl)
 
 
 def test_torch_compile_fullgraph_and_opcheck(device):

@@ -199,6 +199,16 @@ def test_empty_batch(device):
     assert y.shape == (0, 3, 7, 9) == upfirdn2d(x, f, up=2, padding=[2, 1], impl="ref").shape
 
 
+@pytest.mark.parametrize("impl", ["ref", "triton"])
+def test_zero_channels(device, impl):
+    # An empty channel dim gives an empty output of the right shape on both paths (the reference's depthwise conv
+    # used to crash with groups=0).
+    for f in (_filter(NONSYM_1D).to(device), _filter(NONSYM_2D).to(device)):
+        one = upfirdn2d(torch.randn(2, 1, 4, 5, device=device), f, up=2, padding=[2, 1, 1, 2], impl=impl)
+        y = upfirdn2d(torch.randn(2, 0, 4, 5, device=device), f, up=2, padding=[2, 1, 1, 2], impl=impl)
+        assert y.shape == (2, 0, *one.shape[2:])
+
+
 # ------------------------------------------------------------------------------------------------
 # Gain conventions and the helpers.
 
@@ -525,6 +535,25 @@ def test_fused_epilogue_noise_broadcast_shapes(device):
         torch.testing.assert_close(got, want, **TOL[torch.float64])
 
 
+@pytest.mark.parametrize("view", ["strided", "expanded"])
+def test_fused_epilogue_non_contiguous_bias_forward_and_gradient(device, view):
+    # The backward's epilogue-gradient kernel reads the bias too: a strided or stride-0 bias must give what its
+    # contiguous copy gives (it used to be read as if contiguous there: wrong dz, db and dx).
+    x, f, fir, epi = _epi_inputs(EPI_FIR_CASES[0], EPI_SPECS["stylegan_layer"], torch.float64, torch.contiguous_format, device)
+    base = torch.randn(6, dtype=torch.float64, device=device, requires_grad=True)
+    bias = base[::2] if view == "strided" else base[:1].expand(3)
+    assert not bias.is_contiguous()
+    gy = torch.randn_like(upfirdn2d_bias_act(x, f, **fir, **{**epi, "bias": bias.detach()}, impl="ref"))
+    results = []
+    for b, impl in ((bias, "triton"), (bias.contiguous(), "triton"), (bias, "ref")):
+        xg = x.detach().clone().requires_grad_()
+        y = upfirdn2d_bias_act(xg, f, **fir, **{**epi, "bias": b}, impl=impl)
+        results.append((y, *torch.autograd.grad(y, [xg, base], gy)))
+    for got in results[:2]:
+        for a, b in zip(got, results[2]):
+            torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
 def _launches(monkeypatch):
     """Records (kernel name, constexpr EPILOGUE) for every Triton launch."""
     from triton.runtime.jit import KernelInterface
@@ -645,8 +674,9 @@ def test_gpu_low_precision_matches_fp32_reference(dtype, layout, up, down, paddi
     f = _filter(taps).cuda()
     y = upfirdn2d(x.to(dtype), f, up, down, padding, gain=1.5, impl="triton")
     assert y.dtype == dtype and y.is_contiguous(memory_format=layout)
-    # Inputs rounded to dtype first: compare against the reference of the rounded input, in fp32.
-    expected = upfirdn2d(x.to(dtype).float(), f, up, down, padding, gain=1.5, impl="ref")
+    # Inputs rounded to dtype first: compare against the reference of the rounded input, in fp32 (not TF32).
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        expected = upfirdn2d(x.to(dtype).float(), f, up, down, padding, gain=1.5, impl="ref")
     torch.testing.assert_close(y.float(), expected, **LOW_TOL[dtype])
 
 
@@ -661,9 +691,10 @@ def test_gpu_fused_epilogue_low_precision_matches_fp32_reference(dtype, layout):
     epi = dict(up=2, padding=[2, 1, 2, 1], gain=4, act="lrelu", clamp=256.0)
     y = upfirdn2d_bias_act(x.to(dtype), f, noise=nz.to(dtype), bias=b.to(dtype), **epi, impl="triton")
     assert y.dtype == dtype and y.is_contiguous(memory_format=layout)
-    # Inputs rounded to dtype first: compare against the reference of the rounded inputs, in fp32.
-    expected = upfirdn2d_bias_act(x.to(dtype).float(), f, noise=nz.to(dtype).float(), bias=b.to(dtype).float(), **epi,
-                                  impl="ref")
+    # Inputs rounded to dtype first: compare against the reference of the rounded inputs, in fp32 (not TF32).
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        expected = upfirdn2d_bias_act(x.to(dtype).float(), f, noise=nz.to(dtype).float(), bias=b.to(dtype).float(),
+                                      **epi, impl="ref")
     torch.testing.assert_close(y.float(), expected, **LOW_TOL[dtype])
 
 

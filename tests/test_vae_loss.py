@@ -104,6 +104,15 @@ def test_channels_last_and_strided_recon(device):
                            "mse", 1.0, "sum", "triton")
 
 
+@pytest.mark.parametrize("reduction", ("mean", "sum"))
+def test_empty_batch_agrees(reduction, device):
+    # 'sum' over nothing is 0; 'mean' divides by N = 0: NaN, as torch's mean of nothing (the Triton path gave 0).
+    recon, mu = torch.randn(0, 2, 3, 3, device=device), torch.randn(0, 4, device=device)
+    got = [vae_loss(recon, recon.sigmoid(), mu, mu, reduction=reduction, impl=impl) for impl in IMPLS]
+    assert (got[0].isnan() if reduction == "mean" else got[0] == 0)
+    torch.testing.assert_close(got[1], got[0], equal_nan=True)
+
+
 def test_bad_arguments_are_rejected_with_clear_messages():
     recon, target, mu, logvar = make_inputs(2, (3, 4, 4), 5, "cpu")
     with pytest.raises(ValueError, match="logvar must have mu's shape"):
