@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ._triton import compute_dtype, tl, torch_compute_dtype, triton
 from ._implicit_gemm import _strides_nchw, act_code, memory_format_of
-from .bias_act import (_act_fwd, _act_grad, _bias_act_grad2_op, _bias_act_grad_op, _scalars, _split,
+from .bias_act import (_act_grad, _through_clamp, _bias_act_grad2_op, _bias_act_grad_op, _scalars, _split,
                        activation_funcs, is_nonlinear)
 
 BLOCK_P = 64  # pixels per tile
@@ -80,9 +80,7 @@ def _conv_epilogue_grad_kernel(
             pre += tl.load(bias_ptr + offs_o, mask=o_mask, other=0.0).to(COMPUTE)[None, :]
         if ACT != 0:
             gpre = gpre * _act_grad(pre, ACT, alpha)
-        if HAS_CLAMP:  # as bias_act: no gradient where the output was clamped
-            y = _act_fwd(pre, ACT, alpha) * gain
-            gpre = tl.where(tl.abs(y) < clamp, gpre, 0.0)
+        gpre = _through_clamp(gpre, pre, alpha, gain, clamp, ACT, HAS_CLAMP)  # as bias_act: none where clamped
     if STORE_GPRE:  # (a linear epilogue's gpre is just gy * gain: the caller makes it, no store here)
         tl.store(gpre_ptr + n * son + oc * soo + oy * soh + ox * sow, gpre.to(gpre_ptr.dtype.element_ty),
                  mask=mask)

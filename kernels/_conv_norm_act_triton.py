@@ -22,6 +22,7 @@ import torch
 from ._dispatch import interpreter_active
 from ._implicit_gemm import _mma  # acc += a @ b, shared with the modulated-conv kernels
 from ._triton import compute_dtype, tl, torch_compute_dtype, triton
+from ._validate import dense as _dense  # NCHW- or NHWC-dense as it is, else a contiguous copy
 from ._validate import same_layout_empty as _out_like  # outputs in x's layout (contiguous or channels_last)
 
 ACT_CODES = {"linear": 0, "relu": 1, "lrelu": 2, "tanh": 3, "sigmoid": 4}
@@ -409,13 +410,6 @@ def _dot_flags(dtype):
     return dict(USE_DOT=dtype != torch.float64,
                 ALLOW_TF32=dtype == torch.float32 and bool(torch.backends.cudnn.allow_tf32),
                 UPCAST=dtype == torch.bfloat16 and interpreter_active())
-
-
-def _dense(t):
-    """t itself if NCHW- or NHWC-dense, else a contiguous copy (odd strides are rare here)."""
-    if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last):
-        return t
-    return t.contiguous()
 
 
 _ALPHA_CACHE = {}

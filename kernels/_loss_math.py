@@ -43,11 +43,6 @@ def split_float(value: float):
     return hi, lo
 
 
-def dense(x: torch.Tensor) -> torch.Tensor:
-    """`x` if its storage is dense in a layout we keep (contiguous or channels_last), else a contiguous copy."""
-    return x if x.is_contiguous() or is_channels_last(x) else x.contiguous()
-
-
 def dense_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """`t` with the same strides as the dense tensor `like`, so both can be walked as one flat buffer."""
     if t.stride() == like.stride():

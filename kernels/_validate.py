@@ -89,3 +89,8 @@ def same_layout_empty(shape, like: torch.Tensor, dtype=None):
 def is_channels_last(x: torch.Tensor) -> bool:
     """True for a 4-D tensor stored NHWC (and not also plainly contiguous, as when C == 1)."""
     return x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def dense(x: torch.Tensor) -> torch.Tensor:
+    """`x` if its storage is dense in a layout we keep (contiguous or channels_last), else a contiguous copy."""
+    return x if x.is_contiguous() or is_channels_last(x) else x.contiguous()

@@ -20,10 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._dispatch import resolve_impl
-from ._loss_math import (ELEMENTWISE_BLOCK, dense, reference_double_backward, scale_saved_grad,
-                         softplus_and_sigmoid)
+from ._loss_math import ELEMENTWISE_BLOCK, reference_double_backward, scale_saved_grad, softplus_and_sigmoid
 from ._triton import compute_dtype, tl, triton
-from ._validate import check_tensor
+from ._validate import check_tensor, dense
 
 KINDS = ("logistic", "hinge", "wgan", "lsgan")
 TARGETS = ("real", "fake", "gen")

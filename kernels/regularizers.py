@@ -26,9 +26,9 @@ import torch
 from torch import Tensor
 
 from ._dispatch import resolve_impl
-from ._loss_math import dense, dense_like
+from ._loss_math import dense_like
 from ._triton import compute_dtype, tl, torch_compute_dtype, triton
-from ._validate import check_finite_number, check_same_device, check_tensor
+from ._validate import check_finite_number, check_same_device, check_tensor, dense
 
 ROW_BLOCK = 4096
 

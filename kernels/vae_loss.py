@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._dispatch import resolve_impl
-from ._loss_math import (ELEMENTWISE_BLOCK, dense, dense_like, reference_double_backward, scale_saved_grad,
+from ._loss_math import (ELEMENTWISE_BLOCK, dense_like, reference_double_backward, scale_saved_grad,
                          softplus_and_sigmoid, split_float)
 from ._triton import compute_dtype, tl, triton
-from ._validate import check_finite_number, check_same_device, check_tensor
+from ._validate import check_finite_number, check_same_device, check_tensor, dense
 
 RECON_KINDS = ("bce_logits", "mse")
 REDUCTIONS = ("mean", "sum")
