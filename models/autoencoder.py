@@ -174,7 +174,32 @@ def reparameterize(mu, logvar, sample=True):
     return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
 
 
-class ConvVAE(_ConvCodec):
+class _GaussianVAE:
+    """What the two VAEs share, given `encode(x) -> (mu, logvar)`, `decode(z) -> logits`, `latent_dim`, `impl`
+    and `_decoder_input` (the name of the layer that takes z, whose weight gives z's dtype and device)."""
+
+    _decoder_input: str
+
+    def forward(self, x, sample=None):
+        mu, logvar = self.encode(x)
+        z = reparameterize(mu, logvar, self.training if sample is None else sample)
+        return self.decode(z), mu, logvar
+
+    def loss(self, x, beta=1.0, reduction="mean", sample=None):
+        """Negative ELBO: BCE-with-logits summed over pixels + beta * KL; 'mean' divides by the batch size."""
+        logits, mu, logvar = self(x, sample)
+        logits, x, mu, logvar = _promote(logits, x.reshape(logits.shape), mu, logvar)
+        return vae_loss(logits, x, mu, logvar, "bce_logits", beta, reduction, impl=self.impl)
+
+    @torch.no_grad()
+    def sample(self, n, generator=None):
+        """n images in [0, 1] (Bernoulli means) decoded from z ~ N(0, I)."""
+        w = getattr(self, self._decoder_input).weight
+        z = torch.randn(n, self.latent_dim, generator=generator, dtype=w.dtype, device=w.device)
+        return torch.sigmoid(self.decode(z))
+
+
+class ConvVAE(_GaussianVAE, _ConvCodec):
     """Convolutional variational autoencoder with a Gaussian posterior and a Bernoulli (logit) decoder.
 
     Paper: Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014. The loss is the negative ELBO
@@ -186,6 +211,8 @@ class ConvVAE(_ConvCodec):
     training and is the posterior mean mu in eval, unless `sample` says otherwise.
     """
 
+    _decoder_input = "fc_dec"
+
     def __init__(self, in_ch=1, resolution=32, latent_dim=32, base=32, impl=None, norm="batch"):
         super().__init__(in_ch, resolution, latent_dim, base, impl, norm)
         self.fc_mu = nn.Linear(self.core_ch * CORE * CORE, latent_dim)
@@ -195,26 +222,9 @@ class ConvVAE(_ConvCodec):
         h = self.features(x)
         return self.fc_mu(h), self.fc_logvar(h)
 
-    def forward(self, x, sample=None):
-        mu, logvar = self.encode(x)
-        z = reparameterize(mu, logvar, self.training if sample is None else sample)
-        return self.decode(z), mu, logvar
-
-    def loss(self, x, beta=1.0, reduction="mean", sample=None):
-        """Negative ELBO: BCE-with-logits summed over pixels + beta * KL; 'mean' divides by the batch size."""
-        logits, mu, logvar = self(x, sample)
-        logits, x, mu, logvar = _promote(logits, x, mu, logvar)
-        return vae_loss(logits, x, mu, logvar, "bce_logits", beta, reduction, impl=self.impl)
-
-    @torch.no_grad()
-    def sample(self, n, generator=None):
-        """n images in [0, 1] (Bernoulli means) decoded from z ~ N(0, I)."""
-        w = self.fc_dec.weight
-        z = torch.randn(n, self.latent_dim, generator=generator, dtype=w.dtype, device=w.device)
-        return torch.sigmoid(self.decode(z))
 
 
-class MLPVAE(nn.Module):
+class MLPVAE(_GaussianVAE, nn.Module):
     """The PyTorch examples' MNIST VAE (`vae/main.py`): 784-400-20-400-784 with ReLU hidden layers.
 
     Paper: Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014. Layer names match the example
@@ -223,6 +233,8 @@ class MLPVAE(nn.Module):
     F.binary_cross_entropy); `loss` uses the fused `vae_loss` with BCE-with-logits, which is the same
     objective, computed stably.
     """
+
+    _decoder_input = "fc3"
 
     def __init__(self, input_dim=784, hidden=400, latent_dim=20, impl=None):
         super().__init__()
@@ -240,21 +252,6 @@ class MLPVAE(nn.Module):
     def decode(self, z):
         return self.fc4(F.relu(self.fc3(z)))
 
-    def forward(self, x, sample=None):
-        mu, logvar = self.encode(x)
-        z = reparameterize(mu, logvar, self.training if sample is None else sample)
-        return self.decode(z), mu, logvar
-
-    def loss(self, x, beta=1.0, reduction="mean", sample=None):
-        logits, mu, logvar = self(x, sample)
-        logits, x, mu, logvar = _promote(logits, x.reshape(logits.shape), mu, logvar)
-        return vae_loss(logits, x, mu, logvar, "bce_logits", beta, reduction, impl=self.impl)
-
-    @torch.no_grad()
-    def sample(self, n, generator=None):
-        w = self.fc3.weight
-        z = torch.randn(n, self.latent_dim, generator=generator, dtype=w.dtype, device=w.device)
-        return torch.sigmoid(self.decode(z))
 
 
 class PCAAutoencoder(nn.Module):
