@@ -91,6 +91,18 @@ def is_channels_last(x: torch.Tensor) -> bool:
     return x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
+def in_layout_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """`y` in x's memory layout (a reference path returning what the Triton path returns). Where x is both NCHW-
+    and NHWC-contiguous (one channel, or 1x1 pixels), y keeps the layout torch chose: torch's convs follow the
+    weight's layout there, so a channels_last network stays channels_last from a [N, C, 1, 1] latent or a
+    one-channel image."""
+    if is_channels_last(x):
+        return y.contiguous(memory_format=torch.channels_last)
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return y
+    return y.contiguous()
+
+
 def dense(x: torch.Tensor) -> torch.Tensor:
     """`x` if its storage is dense in a layout we keep (contiguous or channels_last), else a contiguous copy."""
     return x if x.is_contiguous() or is_channels_last(x) else x.contiguous()

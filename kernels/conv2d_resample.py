@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from . import _conv_ops
 from ._conv_ops import no_weight_gradients  # noqa: F401  (re-exported: NVIDIA's conv2d_gradfix API)
 from ._dispatch import resolve_impl
-from ._validate import check_positive_int, check_same_device, check_tensor, is_channels_last
+from ._validate import check_positive_int, check_same_device, check_tensor, in_layout_of, is_channels_last
 from .upfirdn2d import _parse_padding, upfirdn2d, upfirdn2d_bias_act
 
 __all__ = ["conv2d_resample", "no_weight_gradients"]
@@ -94,8 +94,7 @@ def _conv_ref(x, w, stride=1, padding=0, groups=1, transpose=False, flip_weight=
         w = w.flip([2, 3])
     op = F.conv_transpose2d if transpose else F.conv2d
     # torch's conv also follows a channels_last weight; the result keeps x's layout, as the Triton path's does.
-    layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
-    return op(x, w, stride=stride, padding=padding, groups=groups).contiguous(memory_format=layout)
+    return in_layout_of(x, op(x, w, stride=stride, padding=padding, groups=groups))
 
 
 def _conv2d_resample_ref(x, w, f=None, up=1, down=1, padding=(0, 0, 0, 0), groups=1, flip_weight=True,

@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._dispatch import resolve_impl
-from ._validate import check_finite_number, check_same_device, check_tensor, is_channels_last
+from ._validate import check_finite_number, check_same_device, check_tensor, in_layout_of
 
 NORMS = (None, "batch", "instance")
 ACTS = ("linear", "relu", "lrelu", "tanh", "sigmoid")
@@ -67,7 +67,7 @@ def _conv_norm_act_ref(x, weight, bias, stride, padding, dilation, transposed, o
                        padding_mode):
     # The result keeps x's layout, as the Triton path's does (torch's convs also follow a channels_last weight,
     # and F.instance_norm returns NCHW for a channels_last input).
-    layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+    x_in = x
     if padding_mode == "reflect":
         x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]), mode="reflect")
         padding = (0, 0)
@@ -79,7 +79,7 @@ def _conv_norm_act_ref(x, weight, bias, stride, padding, dilation, transposed, o
         y = F.batch_norm(y, running_mean, running_var, norm_weight, norm_bias, training, momentum, eps)
     elif norm == "instance":
         y = F.instance_norm(y, running_mean, running_var, norm_weight, norm_bias, training, momentum, eps)
-    return _apply_act(y, act, alpha).contiguous(memory_format=layout)
+    return in_layout_of(x_in, _apply_act(y, act, alpha))
 
 
 # ----------------------------------------------------------------------------------------------

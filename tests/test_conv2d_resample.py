@@ -89,6 +89,21 @@ def test_returns_the_layout_of_x(x_layout, w_layout, groups, up, down, impl, dev
     torch.testing.assert_close(got, want, **FP32_TOL)
 
 
+@pytest.mark.parametrize("shape", [(2, 1, 5, 6), (2, 4, 1, 1)], ids=["one_channel", "one_pixel"])
+def test_reference_keeps_torchs_layout_where_x_is_both_layouts(shape):
+    # One channel (an image fed to a channels_last StyleGAN2 D block) or 1x1 pixels (a latent): x is NCHW- and
+    # NHWC-contiguous at once, and torch's conv picks the layout (from the weight's, for a latent). The
+    # reference path keeps torch's choice, so a channels_last network stays channels_last from its first layer.
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(8, shape[1], 3, 3).contiguous(memory_format=torch.channels_last)
+    y = conv2d_resample(x, w, padding=2, impl="ref")
+    want = F.conv2d(x, w, padding=2)
+    assert y.stride() == want.stride()
+    if shape[1] > 1:  # the latent: torch follows the channels_last weight
+        assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    torch.testing.assert_close(y, want, **FP32_TOL)
+
+
 @pytest.mark.parametrize("up,down,k", [(1, 1, 3), (2, 1, 3), (1, 2, 3), (1, 2, 1)])
 def test_gradcheck_and_gradgradcheck(up, down, k, device):
     x = torch.randn(1, 2, 4, 3, dtype=torch.float64, device=device, requires_grad=True)

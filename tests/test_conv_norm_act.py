@@ -170,6 +170,15 @@ def test_returns_the_layout_of_x(x_layout, w_layout, transposed, norm, impl, dev
     torch.testing.assert_close(y, want, **TOL[torch.float32])
 
 
+def test_reference_keeps_torchs_channels_last_for_a_latent():
+    # A [N, C, 1, 1] latent is NCHW- and NHWC-contiguous at once; torch's transposed conv follows the
+    # channels_last weight (DCGAN's first G layer), and the reference path keeps that layout.
+    z = torch.randn(4, 6, 1, 1)
+    w = torch.randn(6, 5, 4, 4).contiguous(memory_format=torch.channels_last)
+    y = conv2d_norm_act(z, w, transposed=True, norm="batch", act="relu", impl="ref")
+    assert y.shape == (4, 5, 4, 4) and y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+
+
 def test_triton_matches_reference_in_float64(device):
     # Tighter than fp32: the kernels compute in fp64 for fp64 inputs, including the statistics.
     for case in (CASES[2], CASES[4], CASES[6], CASES[9]):
