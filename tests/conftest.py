@@ -42,6 +42,15 @@ def device():
 
 
 @pytest.fixture(autouse=True)
+def _fp32_means_fp32(monkeypatch):
+    """TF32 off in every test (restored after): on a GPU cuDNN's fp32 convs default to TF32 (about 2**-11
+    relative), far outside the fp32 tolerances the references are held to, and `Precision()` sets both flags
+    globally, which would make a test's result depend on the tests run before it. Tests of TF32 turn it on."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+
+
+@pytest.fixture(autouse=True)
 def _seed_and_clean_env(monkeypatch):
     """Every test starts from the same seed and with no FUSEGAN_IMPL override leaking in."""
     monkeypatch.delenv("FUSEGAN_IMPL", raising=False)

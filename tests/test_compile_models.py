@@ -30,7 +30,7 @@ Tolerances (relative to the largest magnitude of each compared tensor):
   propagate through the layers. The worst seen over four seeds was 1.5e-6 (a StyleGAN2 noise-strength
   gradient); the conv-norm-act models matched bit for bit. FP32_RTOL = 2e-5 is 13 times that, yet far
   below what a real bug (a wrong stride or layout in a fake function, a dropped bias, a stale buffer)
-  gives, which is O(1e-2) or more. On CUDA, TF32 is turned off for these tests (`_no_tf32`): with it,
+  gives, which is O(1e-2) or more. On CUDA, TF32 is turned off for these tests (conftest's `_fp32_means_fp32`): with it,
   a one-ulp difference in a conv input can move the conv's TF32 rounding of that element (2**-11).
 - mixed precision (StyleGAN2 fp16 blocks): inductor does not round the intermediates of a fused
   chain to fp16 (`emulate_precision_casts` is off by default), e.g. the resnet `y + x` of a fp16 block
@@ -63,15 +63,6 @@ def _fresh_dynamo():
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
-
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    """IEEE fp32 GEMMs on CUDA (see the tolerances above); nothing changes on CPU."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def compiled(model):
