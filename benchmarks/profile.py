@@ -143,6 +143,7 @@ def train_case_step(case, ctx, variant):
     for StyleGAN2 paper256 that is a whole regularization cycle)."""
     from .training import window_starts
 
+    torch._dynamo.reset()  # the compile variant compiles from scratch, as TrainCase.measure_variant does
     spec = case.spec(ctx)
     recipe = case.build(ctx, spec, variant)
     batch = case.make_batch(spec, ctx.device)
@@ -159,7 +160,6 @@ def profile_case(case, ctx, variant, mode, reps, warmup):
     """Runs the case's step `warmup` times, then `reps` times under torch.profiler; returns the profiler."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    torch._dynamo.reset()
     if case.suite == "train":
         prepare, step = train_case_step(case, ctx, variant)
     else:
