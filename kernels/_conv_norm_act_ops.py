@@ -128,7 +128,7 @@ def _cna_conv_op(x: Tensor, w: Tensor, bias: Optional[Tensor], stride: List[int]
 @_cna_conv_op.register_fake
 def _(x, w, bias, stride, padding, dilation, transposed, reflect, out_h, out_w, act, alpha, stats):
     c_out = w.shape[1] if transposed else w.shape[0]
-    y = K._out_like((x.shape[0], c_out, out_h, out_w), x)
+    y = K.conv_out_empty((x.shape[0], c_out, out_h, out_w), x, w)
     shape = _stats_shape(x, c_out, stats)
     sdt = torch_compute_dtype(x.dtype)
     return y, x.new_empty(shape, dtype=sdt), x.new_empty(shape, dtype=sdt)

@@ -23,6 +23,7 @@ from ._dispatch import interpreter_active
 from ._implicit_gemm import _mma  # acc += a @ b, shared with the modulated-conv kernels
 from ._triton import compute_dtype, tl, torch_compute_dtype, triton
 from ._validate import dense as _dense  # NCHW- or NHWC-dense as it is, else a contiguous copy
+from ._validate import conv_out_empty
 from ._validate import same_layout_empty as _out_like  # outputs in x's layout (contiguous or channels_last)
 
 ACT_CODES = {"linear": 0, "relu": 1, "lrelu": 2, "tanh": 3, "sigmoid": 4}
@@ -439,7 +440,7 @@ def conv_fwd(x, w, bias, geom, transposed, reflect, out_hw, act_code, alpha, sta
     C_out = w.shape[1] if transposed else w.shape[0]
     KH, KW = w.shape[2], w.shape[3]
     OH, OW = out_hw
-    y = _out_like((N, C_out, OH, OW), x)
+    y = conv_out_empty((N, C_out, OH, OW), x, w)
     phases = sh * sw if transposed else 1
     # Rows of the largest phase (phase 0); smaller phases mask their extra rows.
     phase_hw = triton.cdiv(OH, sh) * triton.cdiv(OW, sw) if transposed else OH * OW

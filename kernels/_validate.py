@@ -86,6 +86,15 @@ def same_layout_empty(shape, like: torch.Tensor, dtype=None):
     return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
 
 
+def conv_out_empty(shape, x: torch.Tensor, w: torch.Tensor):
+    """An empty conv output laid out like x; where x is NCHW- and NHWC-contiguous at once (a [N, C, 1, 1]
+    latent, one channel), laid out like the weight, as torch's convs do: so a channels_last network stays
+    channels_last from its latent (DCGAN's G) on the Triton path too, as `in_layout_of` keeps it on the
+    reference path."""
+    both = x.ndim == 4 and x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return same_layout_empty(shape, w if both else x, dtype=x.dtype)
+
+
 def is_channels_last(x: torch.Tensor) -> bool:
     """True for a 4-D tensor stored NHWC (and not also plainly contiguous, as when C == 1)."""
     return x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)

@@ -170,13 +170,26 @@ def test_returns_the_layout_of_x(x_layout, w_layout, transposed, norm, impl, dev
     torch.testing.assert_close(y, want, **TOL[torch.float32])
 
 
-def test_reference_keeps_torchs_channels_last_for_a_latent():
+@pytest.mark.parametrize("impl", ["ref", "triton"])
+def test_a_latent_follows_a_channels_last_weight(impl, device):
     # A [N, C, 1, 1] latent is NCHW- and NHWC-contiguous at once; torch's transposed conv follows the
-    # channels_last weight (DCGAN's first G layer), and the reference path keeps that layout.
-    z = torch.randn(4, 6, 1, 1)
-    w = torch.randn(6, 5, 4, 4).contiguous(memory_format=torch.channels_last)
-    y = conv2d_norm_act(z, w, transposed=True, norm="batch", act="relu", impl="ref")
+    # channels_last weight (DCGAN's first G layer) and both paths keep that layout, so that a channels_last
+    # DCGAN G stays channels_last from its latent on. Values and gradients as with NCHW tensors.
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 6, 1, 1, generator=g).to(device).requires_grad_()
+    w = torch.randn(6, 5, 4, 4, generator=g).to(device).contiguous(memory_format=torch.channels_last)
+    w.requires_grad_()
+    y = conv2d_norm_act(z, w, transposed=True, norm="batch", act="relu", impl=impl)
     assert y.shape == (4, 5, 4, 4) and y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    z_ref, w_ref = z.detach().clone().requires_grad_(), w.detach().contiguous().requires_grad_()
+    want = conv2d_norm_act(z_ref, w_ref, transposed=True, norm="batch", act="relu", impl="ref")
+    assert want.is_contiguous()
+    torch.testing.assert_close(y, want, **TOL[torch.float32])
+    dy = torch.randn(want.shape, generator=g).to(device)
+    y.backward(dy)
+    want.backward(dy)
+    torch.testing.assert_close(z.grad, z_ref.grad, **TOL[torch.float32])
+    torch.testing.assert_close(w.grad, w_ref.grad, **TOL[torch.float32])
 
 
 def test_triton_matches_reference_in_float64(device):
