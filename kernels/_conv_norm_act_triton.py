@@ -21,7 +21,7 @@ import torch
 
 from ._dispatch import interpreter_active
 from ._implicit_gemm import _mma  # acc += a @ b, shared with the modulated-conv kernels
-from ._triton import compute_dtype, tl, torch_compute_dtype, triton
+from ._triton import compute_dtype, conv_allows_tf32, tl, torch_compute_dtype, triton
 from ._validate import dense as _dense  # NCHW- or NHWC-dense as it is, else a contiguous copy
 from ._validate import conv_out_empty
 from ._validate import same_layout_empty as _out_like  # outputs in x's layout (contiguous or channels_last)
@@ -407,9 +407,9 @@ def _num_warps(block_m, block_n):
 
 
 def _dot_flags(dtype):
-    # fp32 convs use TF32 exactly when cuDNN would (torch.backends.cudnn.allow_tf32, on by default).
+    # fp32 convs use TF32 exactly when cuDNN would (on by default).
     return dict(USE_DOT=dtype != torch.float64,
-                ALLOW_TF32=dtype == torch.float32 and bool(torch.backends.cudnn.allow_tf32),
+                ALLOW_TF32=conv_allows_tf32(dtype),
                 UPCAST=dtype == torch.bfloat16 and interpreter_active())
 
 

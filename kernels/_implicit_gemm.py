@@ -20,13 +20,13 @@ the fast layout: the K dimension of the forward GEMM (input channels) and the N 
 channels) are then contiguous, so loads and stores are coalesced along the channel axis. The weight is read through
 strides too (any layout, transposed views included) and is small.
 
-Precision: tl.dot with fp32 accumulation for fp16/bf16/fp32 (TF32 only when torch.backends.cuda.matmul.allow_tf32
-is set); fp64 (gradcheck) uses an exact multiply-and-sum instead of tl.dot, because fp64 tl.dot is not supported
+Precision: tl.dot with fp32 accumulation for fp16/bf16/fp32 (TF32 exactly when torch's convs use it:
+`conv_allows_tf32`); fp64 (gradcheck) uses an exact multiply-and-sum instead of tl.dot, because fp64 tl.dot is not supported
 on every GPU backend.
 """
 import torch
 
-from ._triton import compute_dtype, tl, torch_compute_dtype, triton
+from ._triton import compute_dtype, conv_allows_tf32, tl, torch_compute_dtype, triton
 
 # Activation math and the fp64-exact scalar passing are bias_act's own jit helpers, so both ops agree bit for bit.
 from .bias_act import ACT_CODES, _act_fwd, _scalars, _split
@@ -241,7 +241,7 @@ def _gemm_blocks(m, n, k, dtype):
     """Block sizes: large tiles for tensor cores, small for fp64 (its multiply-sum fallback holds a 3-D product)."""
     if dtype == torch.float64:
         return _pow2_clip(m, 16, 32), _pow2_clip(n, 16, 32), _pow2_clip(k, 16, 16)
-    if dtype == torch.float32 and not _allow_tf32(dtype):
+    if dtype == torch.float32 and not conv_allows_tf32(dtype):
         # fp32 without TF32: tl.dot runs as FMAs on CUDA cores with both operand tiles held in registers. Compiled
         # for sm_90, 128x128x32 tiles spilled 3-7 KB of registers per thread block (benchmarks.hopper_compile);
         # 64x128x16 (8 warps) spills nothing.
@@ -256,10 +256,6 @@ def _strides_nchw(t):
 
 def _upcast(t):
     return t.dtype == torch.bfloat16 and t.device.type == "cpu"  # only the interpreter runs CPU tensors
-
-
-def _allow_tf32(dtype):
-    return dtype == torch.float32 and bool(torch.backends.cuda.matmul.allow_tf32)
 
 
 def memory_format_of(t):
@@ -340,7 +336,7 @@ def conv_fwd_triton(x, w, in_scale=None, out_scale=None, noise=None, bias=None, 
         HAS_IN_SCALE=in_scale is not None, HAS_OUT_SCALE=out_scale is not None,
         HAS_NOISE=noise is not None, HAS_BIAS=bias is not None,
         ACT=act_code(act), HAS_CLAMP=clamp is not None, SAVE_CONV=bool(save_conv), HAS_DOT=aux is not None,
-        COMPUTE=compute_dtype(x.dtype), USE_DOT=x.dtype != torch.float64, ALLOW_TF32=_allow_tf32(x.dtype), UPCAST=_upcast(x),
+        COMPUTE=compute_dtype(x.dtype), USE_DOT=x.dtype != torch.float64, ALLOW_TF32=conv_allows_tf32(x.dtype), UPCAST=_upcast(x),
         BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, IDX=index_dtype(x, y, w),
         num_warps=4 if BM * BN <= 64 * 64 else 8,
     )
@@ -391,7 +387,7 @@ def conv_wgrad_triton(a, b, a_scale=None, b_scale=None, *, stride=1, pad_y=0, pa
         g.stride(0), g.stride(1), g.stride(2), g.stride(3), g.stride(4),
         stride, pad_y, pad_x, per_split,
         KH=kh, KW=kw, HAS_A_SCALE=a_scale is not None, HAS_B_SCALE=b_scale is not None,
-        COMPUTE=compute_dtype(a.dtype), USE_DOT=a.dtype != torch.float64, ALLOW_TF32=_allow_tf32(a.dtype), UPCAST=_upcast(a),
+        COMPUTE=compute_dtype(a.dtype), USE_DOT=a.dtype != torch.float64, ALLOW_TF32=conv_allows_tf32(a.dtype), UPCAST=_upcast(a),
         BLOCK_A=BA, BLOCK_B=BB, BLOCK_P=BP, IDX=index_dtype(a, b),
         num_warps=8 if BA * BB >= 64 * 64 else 4,  # 4 warps spilled the fp32 64x64 tiles on sm_90
     )

@@ -36,3 +36,13 @@ def torch_compute_dtype(dtype):
     import torch
 
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def conv_allows_tf32(dtype) -> bool:
+    """Whether an fp32 conv may use TF32: exactly when torch's own convs would (cuDNN's conv precision, TF32 by
+    default; `torch.backends.cudnn.allow_tf32` sets it too). Every fused conv follows this one flag, so a fused
+    layer and the F.conv2d it replaces round alike. Read through the new API: the legacy getter raises once conv
+    and RNN precisions were set apart."""
+    import torch
+
+    return dtype == torch.float32 and torch.backends.cudnn.conv.fp32_precision == "tf32"

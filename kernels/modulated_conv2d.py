@@ -53,6 +53,10 @@ given; channels_last (NHWC) is the fast path of the layer:
   - bias_act's gradient kernel is layout-neutral (a dense memory view), but copies a gradient whose layout
     differs from the saved pre-activation's, so keep the whole network in one layout.
 
+Precision: fp16/bf16 on tensor cores (tl.dot) with fp32 accumulation; fp32 uses TF32 exactly when torch's own
+convs would (cuDNN's conv precision, `torch.backends.cudnn.allow_tf32`, on by default), so the fused layer and
+the reference composition round alike; fp64 (gradcheck) is exact.
+
 `no_weight_gradients()` (NVIDIA's conv2d_gradfix API) skips the convolution's weight gradient while active.
 """
 import math
