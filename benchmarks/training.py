@@ -294,10 +294,16 @@ def _release(ctx):
     ctx.memory.release()
 
 
+def _tf32_switches():
+    # The new precision API: the legacy `cudnn.allow_tf32` getter raises when conv and RNN precisions differ.
+    return (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
+
+
 def _backend_flags():
-    return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    return tuple(switch.fp32_precision for switch in _tf32_switches())
 
 
 def _restore_backend_flags(flags):
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+    for switch, value in zip(_tf32_switches(), flags):
+        switch.fp32_precision = value
 
