@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._triton import compute_dtype, tl, torch_compute_dtype, triton
+from ._triton import compute_dtype, LAUNCH_OPTIONS, tl, torch_compute_dtype, triton
 from ._implicit_gemm import _strides_nchw, act_code, memory_format_of
 from .bias_act import (_act_grad, _through_clamp, _bias_act_grad2_op, _bias_act_grad_op, _scalars, _split,
                        activation_funcs, is_nonlinear)
@@ -128,6 +128,7 @@ def _launch(gy, conv, scale, noise, bias, act, alpha, gain, clamp, need_scale, n
         HAS_CLAMP=clamp is not None, NEED_SCALE=need_scale, NEED_BIAS=need_bias, NEED_NOISE=need_noise,
         STORE_GPRE=store_gpre, COMPUTE=compute_dtype(gy.dtype),
         BLOCK_P=BLOCK_P, BLOCK_O=block_o, num_warps=4,
+        **LAUNCH_OPTIONS,
     )
     return (gpre, gscale.sum(0) if need_scale else gscale, gbias.sum((0, 1)) if need_bias else gbias,
             gnoise.sum(0).view(N, 1, OH, OW) if need_noise else gnoise)

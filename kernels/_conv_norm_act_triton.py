@@ -21,7 +21,7 @@ import torch
 
 from ._dispatch import interpreter_active
 from ._implicit_gemm import _mma  # acc += a @ b, shared with the modulated-conv kernels
-from ._triton import compute_dtype, conv_allows_tf32, tl, torch_compute_dtype, triton
+from ._triton import compute_dtype, conv_allows_tf32, LAUNCH_OPTIONS, tl, torch_compute_dtype, triton
 from ._validate import dense as _dense  # NCHW- or NHWC-dense as it is, else a contiguous copy
 from ._validate import conv_out_empty
 from ._validate import same_layout_empty as _out_like  # outputs in x's layout (contiguous or channels_last)
@@ -472,6 +472,7 @@ def conv_fwd(x, w, bias, geom, transposed, reflect, out_hw, act_code, alpha, sta
         ACT=act_code, STATS=stats, CDTYPE=compute_dtype(x.dtype), **_dot_flags(x.dtype),
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=_num_warps(BLOCK_M, BLOCK_N),
         ROW_IDX=tl.int64 if N * phase_hw + BLOCK_M >= 2**31 else tl.int32,
+        **LAUNCH_OPTIONS,
     )
     if stats == STATS_INSTANCE:
         group = (torch.arange(grid_m, device=x.device) // tiles_per_sample).repeat(phases)
@@ -523,6 +524,7 @@ def conv_wgrad(L, S, geom, reflect, kernel_hw, out_dtype):
         *L.stride(), *S.stride(), sh, sw, ph, pw, dh, dw,
         KH=KH, KW=KW, REFLECT=reflect, CDTYPE=compute_dtype(L.dtype), **_dot_flags(L.dtype),
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=_num_warps(BLOCK_M, BLOCK_N),
+        **LAUNCH_OPTIONS,
     )
     return out.sum(0).to(out_dtype)
 
@@ -556,6 +558,7 @@ def norm_act_fwd(y, mean, rstd, nw, nb, instance, act_code, alpha):
         N, C, H * W, tps, *_nchw_strides(y), *_nchw_strides(out), _alpha_tensor(alpha, act_code, y),
         INSTANCE=instance, HAS_AFFINE=affine, ACT=act_code, CDTYPE=compute_dtype(y.dtype),
         BLOCK_R=BR, BLOCK_C=BC,
+        **LAUNCH_OPTIONS,
     )
     return out
 
@@ -577,7 +580,7 @@ def norm_act_bwd(g, y, mean, rstd, nw, nb, instance, act_code, alpha):
     alpha_t = _alpha_tensor(alpha, act_code, y)
     _norm_act_bwd_reduce_kernel[grid](
         g, y, mean, rstd, nw_arg, nb_arg, psum, psumx,
-        N, C, H * W, tps, *_nchw_strides(g), *_nchw_strides(y), alpha_t, **common)
+        N, C, H * W, tps, *_nchw_strides(g), *_nchw_strides(y), alpha_t, **common, **LAUNCH_OPTIONS)
     if instance:
         sdz, sdzx = psum.view(N, tps, C).sum(1), psumx.view(N, tps, C).sum(1)
         count = H * W
@@ -588,7 +591,7 @@ def norm_act_bwd(g, y, mean, rstd, nw, nb, instance, act_code, alpha):
     _norm_act_bwd_apply_kernel[grid](
         g, y, dy, mean, rstd, nw_arg, nb_arg, sdz, sdzx,
         N, C, H * W, tps, float(count), *_nchw_strides(g), *_nchw_strides(y), *_nchw_strides(dy),
-        alpha_t, **common)
+        alpha_t, **common, **LAUNCH_OPTIONS)
     return dy, sdz, sdzx
 
 
@@ -600,5 +603,5 @@ def act_grad(g, y, act_code, alpha):
     BLOCK = 1024
     _act_grad_kernel[(triton.cdiv(y.numel(), BLOCK),)](
         g, y, out, y.numel(), _alpha_tensor(alpha, act_code, y),
-        ACT=act_code, CDTYPE=compute_dtype(y.dtype), BLOCK=BLOCK)
+        ACT=act_code, CDTYPE=compute_dtype(y.dtype), BLOCK=BLOCK, **LAUNCH_OPTIONS)
     return out

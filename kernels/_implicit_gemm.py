@@ -26,7 +26,7 @@ on every GPU backend.
 """
 import torch
 
-from ._triton import compute_dtype, conv_allows_tf32, tl, torch_compute_dtype, triton
+from ._triton import compute_dtype, conv_allows_tf32, LAUNCH_OPTIONS, tl, torch_compute_dtype, triton
 
 # Activation math and the fp64-exact scalar passing are bias_act's own jit helpers, so both ops agree bit for bit.
 from .bias_act import ACT_CODES, _act_fwd, _scalars, _split
@@ -339,6 +339,7 @@ def conv_fwd_triton(x, w, in_scale=None, out_scale=None, noise=None, bias=None, 
         COMPUTE=compute_dtype(x.dtype), USE_DOT=x.dtype != torch.float64, ALLOW_TF32=conv_allows_tf32(x.dtype), UPCAST=_upcast(x),
         BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, IDX=index_dtype(x, y, w),
         num_warps=4 if BM * BN <= 64 * 64 else 8,
+        **LAUNCH_OPTIONS,
     )
     return y, conv, (dot.sum(0) if aux is not None else dot)
 
@@ -390,5 +391,6 @@ def conv_wgrad_triton(a, b, a_scale=None, b_scale=None, *, stride=1, pad_y=0, pa
         COMPUTE=compute_dtype(a.dtype), USE_DOT=a.dtype != torch.float64, ALLOW_TF32=conv_allows_tf32(a.dtype), UPCAST=_upcast(a),
         BLOCK_A=BA, BLOCK_B=BB, BLOCK_P=BP, IDX=index_dtype(a, b),
         num_warps=8 if BA * BB >= 64 * 64 else 4,  # 4 warps spilled the fp32 64x64 tiles on sm_90
+        **LAUNCH_OPTIONS,
     )
     return g[0] if splits == 1 else g.sum(0).to(out_dtype)

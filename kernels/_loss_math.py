@@ -12,7 +12,7 @@
 """
 import torch
 
-from ._triton import compute_dtype, tl, triton
+from ._triton import compute_dtype, LAUNCH_OPTIONS, tl, triton
 from ._validate import is_channels_last
 
 ELEMENTWISE_BLOCK = 1024
@@ -78,7 +78,7 @@ def scale_saved_grad(saved: torch.Tensor, dout: torch.Tensor, divisor: int = 1) 
         return out
     grid = (triton.cdiv(numel, ELEMENTWISE_BLOCK),)
     _scale_saved_grad_kernel[grid](saved, dout, out, numel, divisor, DOUT_IS_SCALAR=scalar,
-                                   BLOCK=ELEMENTWISE_BLOCK, CDTYPE=compute_dtype(saved.dtype))
+                                   BLOCK=ELEMENTWISE_BLOCK, CDTYPE=compute_dtype(saved.dtype), **LAUNCH_OPTIONS)
     return out
 
 

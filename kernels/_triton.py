@@ -24,6 +24,11 @@ except Exception as exc:  # ImportError, or a broken install raising anything el
     tl = types.SimpleNamespace(constexpr=object)
 
 
+# Passed to every kernel launch. FMA contraction stays on (Triton's default so far): Triton 3.9 warns that its
+# default turns it off in 3.10, which would change the kernels' rounding and speed with the Triton version.
+LAUNCH_OPTIONS = dict(enable_fp_fusion=True)
+
+
 def compute_dtype(dtype):
     """The Triton dtype an op computes in: fp64 stays fp64 (so gradcheck can run the kernels), all else fp32."""
     import torch

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._dispatch import resolve_impl
-from ._triton import compute_dtype, tl, torch_compute_dtype, triton
+from ._triton import compute_dtype, LAUNCH_OPTIONS, tl, torch_compute_dtype, triton
 from ._validate import check_dim, check_finite_number, check_same_device, check_tensor
 
 __all__ = ["activation_funcs", "bias_act"]
@@ -382,6 +382,7 @@ def _bias_act_fwd_triton(x, b, dim, act, alpha, gain, clamp):
         x, x if b is None else b.contiguous(), y, R, K, C, *_split(alpha), *_split(gain), *_split(max(clamp, 0.0)),
         ACT=ACT_CODES[act], HAS_BIAS=b is not None, USE_CLAMP=clamp >= 0, CHANNEL_IS_COL=chan_is_col,
         COMPUTE=compute_dtype(x.dtype), BLOCK_R=block_r, BLOCK_K=block_k, num_warps=_NUM_WARPS,
+        **LAUNCH_OPTIONS,
     )
     return y
 
@@ -401,7 +402,7 @@ def _launch_grad(kernel, grads, x, b, dim, act, alpha, gain, clamp, need_db):
             *_split(alpha), *_split(gain), *_split(max(clamp, 0.0)),
             ACT=ACT_CODES[act], HAS_BIAS=b is not None, NEED_DB=need_db, USE_CLAMP=clamp >= 0,
             CHANNEL_IS_COL=chan_is_col, COMPUTE=compute_dtype(x.dtype), BLOCK_R=block_r, BLOCK_K=block_k,
-            num_warps=_NUM_WARPS,
+            num_warps=_NUM_WARPS, **LAUNCH_OPTIONS,
         )
     return out, db.to(b.dtype if need_db else x.dtype)
 

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ._dispatch import resolve_impl
 from ._loss_math import ELEMENTWISE_BLOCK, reference_double_backward, scale_saved_grad, softplus_and_sigmoid
-from ._triton import compute_dtype, tl, triton
+from ._triton import compute_dtype, LAUNCH_OPTIONS, tl, triton
 from ._validate import check_tensor, dense
 
 KINDS = ("logistic", "hinge", "wgan", "lsgan")
@@ -123,7 +123,7 @@ def _gan_loss_fwd_triton(logits, kind, target, reduction, need_grad):
         grid = (triton.cdiv(numel, ELEMENTWISE_BLOCK),)
         _gan_loss_fwd_kernel[grid](x, loss, grad, total, numel, FORMULA=formula, C=c, REDUCE=reduce,
                                    MEAN=reduction == "mean", STORE_GRAD=need_grad,
-                                   BLOCK=ELEMENTWISE_BLOCK, CDTYPE=compute_dtype(x.dtype))
+                                   BLOCK=ELEMENTWISE_BLOCK, CDTYPE=compute_dtype(x.dtype), **LAUNCH_OPTIONS)
     if reduce:
         if reduction == "mean" and numel == 0:
             total = total / 0  # nan, as torch's mean of an empty tensor

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ._dispatch import resolve_impl
 from ._loss_math import register_one_input_autograd
-from ._triton import compute_dtype, tl, triton
+from ._triton import compute_dtype, LAUNCH_OPTIONS, tl, triton
 from ._validate import check_positive_int, check_tensor, same_layout_empty
 
 EPS = 1e-8
@@ -141,7 +141,8 @@ def _minibatch_std_fwd_triton(x: Tensor, group_size, num_channels: int) -> Tenso
     G, g_block, block, grid = _launch_config(N, C, H, W, group_size, num_channels)
     if out.numel() > 0:
         _minibatch_std_fwd_kernel[grid](x, out, N // G, C, C // num_channels, H * W, W, *x.stride(), *out.stride(),
-                                        G=G, G_BLOCK=g_block, BLOCK=block, CDTYPE=compute_dtype(x.dtype))
+                                        G=G, G_BLOCK=g_block, BLOCK=block, CDTYPE=compute_dtype(x.dtype),
+                                        **LAUNCH_OPTIONS)
     return out
 
 
@@ -152,7 +153,7 @@ def _minibatch_std_bwd_triton(dout: Tensor, x: Tensor, group_size, num_channels:
     if dx.numel() > 0:
         _minibatch_std_bwd_kernel[grid](dout, x, dx, N // G, C, C // num_channels, H * W, W, *dout.stride(),
                                         *x.stride(), *dx.stride(), G=G, G_BLOCK=g_block, BLOCK=block,
-                                        CDTYPE=compute_dtype(x.dtype))
+                                        CDTYPE=compute_dtype(x.dtype), **LAUNCH_OPTIONS)
     return dx
 
 

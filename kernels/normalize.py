@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ._dispatch import resolve_impl
 from ._loss_math import register_one_input_autograd, split_float
-from ._triton import compute_dtype, tl, triton
+from ._triton import compute_dtype, LAUNCH_OPTIONS, tl, triton
 from ._validate import check_dim, check_finite_number, check_tensor, is_channels_last
 
 TILE = 4096  # elements per [BLOCK_D, BLOCK_I] tile
@@ -115,7 +115,7 @@ def _normalize_fwd_triton(x: Tensor, dim: int, eps: float) -> Tensor:
         block_d, block_i = _launch_config(D, inner)
         grid = (outer * triton.cdiv(inner, block_i),)
         _normalize_fwd_kernel[grid](x, y, D, inner, *strides, *split_float(eps), BLOCK_D=block_d, BLOCK_I=block_i,
-                                    CDTYPE=compute_dtype(x.dtype))
+                                    CDTYPE=compute_dtype(x.dtype), **LAUNCH_OPTIONS)
     return y
 
 
@@ -127,7 +127,7 @@ def _normalize_bwd_triton(dy: Tensor, x: Tensor, dim: int, eps: float) -> Tensor
         block_d, block_i = _launch_config(D, inner)
         grid = (outer * triton.cdiv(inner, block_i),)
         _normalize_bwd_kernel[grid](dy, x, dx, D, inner, *strides, *split_float(eps), BLOCK_D=block_d,
-                                    BLOCK_I=block_i, CDTYPE=compute_dtype(x.dtype))
+                                    BLOCK_I=block_i, CDTYPE=compute_dtype(x.dtype), **LAUNCH_OPTIONS)
     return dx
 
 

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ._dispatch import resolve_impl
 from ._loss_math import dense_like
-from ._triton import compute_dtype, tl, torch_compute_dtype, triton
+from ._triton import compute_dtype, LAUNCH_OPTIONS, tl, torch_compute_dtype, triton
 from ._validate import check_finite_number, check_same_device, check_tensor, dense
 
 ROW_BLOCK = 4096
@@ -108,7 +108,8 @@ def _row_dot_triton(a: Tensor, b: Tensor = None) -> Tensor:
     out = torch.zeros(a.shape[0], dtype=torch_compute_dtype(a.dtype), device=a.device)
     grid, row_len = _row_grid(a)
     if a.numel() > 0:
-        _row_dot_kernel[grid](a, b, out, row_len, SQUARE=square, BLOCK=ROW_BLOCK, CDTYPE=compute_dtype(a.dtype))
+        _row_dot_kernel[grid](a, b, out, row_len, SQUARE=square, BLOCK=ROW_BLOCK, CDTYPE=compute_dtype(a.dtype),
+                              **LAUNCH_OPTIONS)
     return out
 
 
@@ -118,7 +119,7 @@ def _row_scale_triton(x: Tensor, coef: Tensor) -> Tensor:
     grid, row_len = _row_grid(x)
     if x.numel() > 0:
         _row_scale_kernel[grid](x, coef.contiguous(), out, row_len, BLOCK=ROW_BLOCK,
-                                CDTYPE=compute_dtype(x.dtype))
+                                CDTYPE=compute_dtype(x.dtype), **LAUNCH_OPTIONS)
     return out
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._dispatch import interpreter_active, resolve_impl
-from ._triton import compute_dtype, tl, triton
+from ._triton import compute_dtype, LAUNCH_OPTIONS, tl, triton
 from ._validate import (check_broadcasts_to, check_channel_vector, check_finite_number, check_positive_int,
                         check_same_device, check_tensor, is_channels_last, same_layout_empty)
 # The epilogue's activation math and its fp64-exact scalar passing are bias_act's own (imported, not copied), so
@@ -330,6 +330,7 @@ def _upfirdn2d_triton(x, f, up, down, padding, flip_filter, gain, epilogue=None)
         EPILOGUE=epilogue is not None, HAS_NOISE=noise is not None, HAS_BIAS=bias is not None,
         ACT=ACT_CODES[epi.get("act", "linear")], HAS_CLAMP=clamp is not None, SAVE_PRE=save_pre,
         BLOCK_C=block_c, BLOCK_H=block_h, BLOCK_W=block_w,
+        **LAUNCH_OPTIONS,
     )
     return (y, pre) if epilogue is not None else y
 

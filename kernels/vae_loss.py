@@ -24,7 +24,7 @@ from torch import Tensor
 from ._dispatch import resolve_impl
 from ._loss_math import (ELEMENTWISE_BLOCK, dense_like, reference_double_backward, scale_saved_grad,
                          softplus_and_sigmoid, split_float)
-from ._triton import compute_dtype, tl, triton
+from ._triton import compute_dtype, LAUNCH_OPTIONS, tl, triton
 from ._validate import check_finite_number, check_same_device, check_tensor, dense
 
 RECON_KINDS = ("bce_logits", "mse")
@@ -106,7 +106,7 @@ def _vae_loss_fwd_triton(recon, target, mu, logvar, recon_kind, beta, reduction,
         _vae_loss_fwd_kernel[(blocks,)](
             recon, target, mu, logvar, g_recon, g_mu, g_logvar, total, recon.numel(), mu.numel(), divisor,
             beta_hi, beta_lo, BCE=recon_kind == "bce_logits", STORE_GRAD=need_grad, BLOCK=ELEMENTWISE_BLOCK,
-            CDTYPE=compute_dtype(recon.dtype))
+            CDTYPE=compute_dtype(recon.dtype), **LAUNCH_OPTIONS)
     if reduction == "mean" and recon.shape[0] == 0:
         total = total / 0  # nan: the mean over no samples, as the reference (and torch's mean of nothing)
     return total.to(recon.dtype), g_recon, g_mu, g_logvar
