@@ -146,20 +146,39 @@ def _pix2pix_cyclegan_dcgan_iteration(dtype, quick):
     vae_loss(recon, torch.rand_like(recon), mu, logvar).backward()
 
 
+@contextlib.contextmanager
+def _conv_tf32(enabled):
+    """fp32 convs with or without TF32, as the engine's `--precision tf32` / every other mode sets them."""
+    saved = torch.backends.cudnn.conv.fp32_precision
+    torch.backends.cudnn.conv.fp32_precision = "tf32" if enabled else "ieee"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.conv.fp32_precision = saved
+
+
 def capture_training_kernels(quick=False, arch=90):
-    """Runs the capture workloads; returns the list of distinct compile requests."""
+    """Runs the capture workloads; returns the list of distinct compile requests. TF32 is off as the engine sets
+    it for --precision fp32/bf16/fp16 (the fp32 layers of mixed precision included); the fp32 workloads run once
+    more with it on (--precision tf32), since the fused convs then compile to other kernels."""
     torch.manual_seed(0)
+    fp32_sg2 = dict(num_fp16_res=0, conv_clamp=None)
     with capture_launches(arch) as specs:
-        for precision in ([dict(num_fp16_res=4, conv_clamp=256, mp_dtype=torch.float16)] if quick else [
-                dict(num_fp16_res=0, conv_clamp=None),
-                dict(num_fp16_res=4, conv_clamp=256, mp_dtype=torch.float16),
-                dict(num_fp16_res="all", conv_clamp=256, mp_dtype=torch.bfloat16)]):
-            _stylegan2_iteration(64 if quick else 256, 16384, precision)
-        if not quick:  # the generator's channels_last specializations too (bf16 everywhere: every block)
-            _stylegan2_iteration(256, 16384, dict(num_fp16_res="all", conv_clamp=256, mp_dtype=torch.bfloat16),
-                                 fp16_channels_last=True)
-        for dtype in ([torch.bfloat16] if quick else [torch.float32, torch.bfloat16]):
-            _pix2pix_cyclegan_dcgan_iteration(dtype, quick)
+        with _conv_tf32(False):
+            for precision in ([dict(num_fp16_res=4, conv_clamp=256, mp_dtype=torch.float16)] if quick else [
+                    fp32_sg2,
+                    dict(num_fp16_res=4, conv_clamp=256, mp_dtype=torch.float16),
+                    dict(num_fp16_res="all", conv_clamp=256, mp_dtype=torch.bfloat16)]):
+                _stylegan2_iteration(64 if quick else 256, 16384, precision)
+            if not quick:  # the generator's channels_last specializations too (bf16 everywhere: every block)
+                _stylegan2_iteration(256, 16384, dict(num_fp16_res="all", conv_clamp=256, mp_dtype=torch.bfloat16),
+                                     fp16_channels_last=True)
+            for dtype in ([torch.bfloat16] if quick else [torch.float32, torch.bfloat16]):
+                _pix2pix_cyclegan_dcgan_iteration(dtype, quick)
+        if not quick:
+            with _conv_tf32(True):
+                _stylegan2_iteration(256, 16384, fp32_sg2)
+                _pix2pix_cyclegan_dcgan_iteration(torch.float32, quick)
     return list(specs.values())
 
 
