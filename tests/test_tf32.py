@@ -77,3 +77,15 @@ def test_new_api_conv_precision_is_read_without_raising(launches, restore_precis
 def test_tf32_is_for_fp32_only(dtype, restore_precisions):
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=True):
         assert conv_allows_tf32(dtype) is False
+
+
+@pytest.mark.parametrize("allow", [True, False])
+def test_gpu_tiles_follow_the_flag_in_both_families(allow, monkeypatch, restore_precisions):
+    # fp32 without TF32 runs tl.dot as FMAs with both operand tiles in registers: K tiles of 16, which compiled
+    # for sm_90 without the large spills of 32 (benchmarks/results/compile-sm90); with TF32 the tensor-core tiles.
+    monkeypatch.setattr(_conv_norm_act_triton, "interpreter_active", lambda: False)  # the GPU's tiles
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=allow):
+        assert _conv_norm_act_triton._gemm_blocks(4096, 256, 512, torch.float32) == (64, 128, 32 if allow else 16)
+        assert _implicit_gemm._gemm_blocks(4096, 256, 512, torch.float32) == (128 if allow else 64, 128,
+                                                                               32 if allow else 16)
+        assert _conv_norm_act_triton._gemm_blocks(4096, 256, 512, torch.bfloat16) == (64, 128, 32)
