@@ -20,7 +20,7 @@ from torch import Tensor
 from ._dispatch import resolve_impl
 from ._loss_math import register_one_input_autograd
 from ._triton import compute_dtype, LAUNCH_OPTIONS, tl, triton
-from ._validate import check_positive_int, check_tensor, same_layout_empty
+from ._validate import check_positive_int, check_tensor, in_layout_of, same_layout_empty
 
 EPS = 1e-8
 TILE = 2048  # elements per (group member x position) tile
@@ -44,7 +44,7 @@ def _minibatch_std_ref(x: Tensor, group_size, num_channels: int) -> Tensor:
     y = y.mean(dim=[2, 3, 4])
     y = y.reshape(-1, F, 1, 1)
     y = y.repeat(G, 1, H, W)
-    return torch.cat([x, y], dim=1)
+    return in_layout_of(x, torch.cat([x, y], dim=1))  # cat with the NCHW y dropped channels_last; keep x's layout
 
 
 # ---------------------------------------------------------------------------------------------
