@@ -295,15 +295,25 @@ def _release(ctx):
 
 
 def _tf32_switches():
-    # The new precision API: the legacy `cudnn.allow_tf32` getter raises when conv and RNN precisions differ.
+    # The new precision API (torch >= 2.9): the legacy `cudnn.allow_tf32` getter raises when conv and RNN
+    # precisions differ. Older torch has the legacy switches only.
+    if getattr(torch.backends.cudnn, "conv", None) is None:
+        return None
     return (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
 
 
 def _backend_flags():
-    return tuple(switch.fp32_precision for switch in _tf32_switches())
+    switches = _tf32_switches()
+    if switches is None:
+        return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    return tuple(switch.fp32_precision for switch in switches)
 
 
 def _restore_backend_flags(flags):
-    for switch, value in zip(_tf32_switches(), flags):
+    switches = _tf32_switches()
+    if switches is None:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+        return
+    for switch, value in zip(switches, flags):
         switch.fp32_precision = value
 

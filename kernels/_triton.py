@@ -50,4 +50,9 @@ def conv_allows_tf32(dtype) -> bool:
     and RNN precisions were set apart."""
     import torch
 
-    return dtype == torch.float32 and torch.backends.cudnn.conv.fp32_precision == "tf32"
+    if dtype != torch.float32:
+        return False
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is None:  # torch < 2.9: the legacy switch is the only one
+        return bool(torch.backends.cudnn.allow_tf32)
+    return conv.fp32_precision == "tf32"

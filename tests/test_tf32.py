@@ -89,3 +89,12 @@ def test_gpu_tiles_follow_the_flag_in_both_families(allow, monkeypatch, restore_
         assert _implicit_gemm._gemm_blocks(4096, 256, 512, torch.float32) == (128 if allow else 64, 128,
                                                                                32 if allow else 16)
         assert _conv_norm_act_triton._gemm_blocks(4096, 256, 512, torch.bfloat16) == (64, 128, 32)
+
+
+def test_older_torch_without_the_new_api_reads_the_legacy_switch(monkeypatch):
+    # torch 2.6 to 2.8 (setup.py allows them) have no torch.backends.cudnn.conv.
+    monkeypatch.setattr(torch.backends.cudnn, "conv", None)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert conv_allows_tf32(torch.float32) is True
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert conv_allows_tf32(torch.float32) is False
