@@ -2,6 +2,7 @@
 # The GPU work of a session that is lent one, in steps that each fit one call of the device tool.
 #
 #   bash benchmarks/gpu_session.sh tests          # install, versions, precompile, the gpu-marked tests
+#   bash benchmarks/gpu_session.sh suite          # the rest of the suite, kernels compiled for the GPU
 #   bash benchmarks/gpu_session.sh quick          # python -m benchmarks all --quick
 #   bash benchmarks/gpu_session.sh ops [NAME]     # the full op benchmarks (or only NAME)
 #   bash benchmarks/gpu_session.sh train [NAME]   # training steps (default: StyleGAN2 paper256)
@@ -21,7 +22,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-step=${1:?usage: gpu_session.sh tests|quick|ops|train|profile [NAME]}
+step=${1:?usage: gpu_session.sh tests|suite|quick|ops|train|profile [NAME]}
 arg=${2:-}
 OUT=${OUT:-$PWD/gpu-out}
 budget=${BUDGET_S:-570}                       # seconds for the whole step: under the tool's 600 s per call
@@ -74,6 +75,9 @@ case $step in
     tests)
         precompile 300
         run_limited 15 python3 -m pytest -m gpu -q -n 4 -p no:cacheprovider --junitxml="$work/gpu-tests.xml"
+        status=$? ;;
+    suite)  # every other test with the Triton path compiled on the GPU (the CPU runs them in the interpreter)
+        run_limited 15 python3 -m pytest -m "not gpu" -q -n 8 -p no:cacheprovider --junitxml="$work/suite.xml"
         status=$? ;;
     quick)
         precompile 200

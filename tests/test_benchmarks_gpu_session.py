@@ -100,3 +100,11 @@ def test_a_command_past_its_limit_is_stopped_and_the_step_still_returns_its_arch
 def test_profile_needs_a_case_and_unknown_steps_fail(tmp_path):
     assert run_step(tmp_path, "profile")[0].returncode == 2
     assert run_step(tmp_path, "bogus")[0].returncode == 2
+
+
+def test_suite_step_runs_the_tests_not_marked_gpu(tmp_path):
+    proc, out, calls = run_step(tmp_path, "suite")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (pytest_call,) = [c for c in calls if "-m pytest" in c]
+    assert "-m not gpu" in pytest_call and "--junitxml" in pytest_call
+    assert sorted(p.name for p in out.iterdir()) == ["suite.log", "suite.tgz"]
