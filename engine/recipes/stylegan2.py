@@ -297,8 +297,11 @@ class StyleGAN2Recipe(Recipe):
                 (pl_grads,) = torch.autograd.grad(outputs=[(gen_img * pl_noise).sum()], inputs=[gen_ws],
                                                   create_graph=True, only_inputs=True)
             pl_penalty, pl_mean = path_length_penalty(pl_grads, self.pl_mean, decay=self.pl_decay, impl=impl)
-            self.pl_mean.copy_(pl_mean)
-            loss = (pl_penalty * self.pl_weight).mean()
+            self.pl_mean.copy_(pl_mean)  # train_step puts the old value back if this phase is skipped
+            # NVIDIA's `gen_img[:, 0, 0, 0] * 0`: a zero gradient for the parameters the penalty does not reach
+            # (the toRGB biases), so that Adam counts this step for them too, as for every other parameter
+            # (a None gradient would skip them; multi-process averaging would turn it into zeros).
+            loss = (gen_img[:, 0, 0, 0] * 0 + pl_penalty * self.pl_weight).mean()
             self.backward(loss * gain)
             return loss, {"pl_penalty": pl_penalty.detach().mean(), "pl_mean": pl_mean.detach().clone()}
 
@@ -320,7 +323,8 @@ class StyleGAN2Recipe(Recipe):
                 (r1_grads,) = torch.autograd.grad(outputs=[real_logits.sum()], inputs=[real], create_graph=True,
                                                   only_inputs=True)
             penalty = r1_penalty(r1_grads, impl=impl)
-            loss = (penalty * (self.r1_gamma / 2)).mean()
+            # NVIDIA's `real_logits * 0`: a zero gradient for D's output bias, which R1 does not reach (see Greg)
+            loss = (real_logits.reshape(-1) * 0 + penalty * (self.r1_gamma / 2)).mean()
             self.backward(loss * gain)
             return loss, {"r1_penalty": penalty.detach().mean()}
         raise ValueError(f"unknown phase {phase!r}")
@@ -350,10 +354,13 @@ class StyleGAN2Recipe(Recipe):
             gen_c = real_c[torch.randperm(n, device=device)] if self.c_dim > 0 else real_c
             self.optimizers[opt_name].zero_grad(set_to_none=True)
             set_requires_grad(net, True)
+            pl_mean_before = self.pl_mean.clone()
             loss, stats = self.accumulate_gradients(phase, real_img, real_c, gen_z, gen_c, gain=interval)
             # step_optimizer before freezing again: multi-process averaging reads requires_grad.
             if not self.step_optimizer(opt_name, loss, nan_to_num=True):
                 self.nonfinite[-1] = phase  # name the phase, not just its optimizer
+                # A skipped phase leaves no trace: an inf/nan pl_mean would make every later Greg non-finite.
+                self.pl_mean.copy_(pl_mean_before)
             set_requires_grad(net, False)
             out.update(stats)
 
