@@ -34,9 +34,12 @@ ROW_BLOCK = 4096
 
 
 def _safe_sqrt(s: Tensor) -> Tensor:
-    """sqrt(s) whose gradient at s == 0 is 0 (like torch.linalg.vector_norm's), not inf * 0 = nan."""
+    """sqrt(s) whose gradient at s == 0 is 0 (like torch.linalg.vector_norm's), not inf * 0 = nan.
+
+    A NaN stays NaN (`s * 0`, not zeros): a NaN gradient must reach the caller's finiteness check (the training
+    recipes skip such a step), not come out as a length of 0."""
     positive = s > 0
-    return torch.where(positive, torch.where(positive, s, torch.ones_like(s)).sqrt(), torch.zeros_like(s))
+    return torch.where(positive, torch.where(positive, s, torch.ones_like(s)).sqrt(), s * 0)
 
 
 # ---------------------------------------------------------------------------------------------

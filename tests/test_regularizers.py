@@ -128,6 +128,19 @@ def test_path_length_at_a_zero_gradient_has_zero_gradient(device):
         assert torch.equal(dg, torch.zeros_like(g))
 
 
+def test_a_nan_gradient_gives_a_nan_penalty_not_a_zero_length(device):
+    # The zero-length guard once mapped NaN to 0 (NaN > 0 is False): a NaN in the generator's gradient came out
+    # as a finite penalty and pl_mean, so the recipe's non-finite skip never fired.
+    g = torch.randn(3, 4, 5, dtype=torch.float64, device=device)
+    g[1, 2, 3] = float("nan")
+    for impl in IMPLS:
+        pen, pl_mean = path_length_penalty(g, 0.5, impl=impl)
+        # NaN everywhere, as in NVIDIA's: each penalty is taken against the updated (NaN) mean
+        assert torch.isnan(pen).all() and torch.isnan(pl_mean), impl
+        gp = gradient_penalty(g, impl=impl)
+        assert torch.isnan(gp[1]) and torch.isfinite(gp[[0, 2]]).all(), impl
+
+
 # ---------------------------------------------------------------------------------------------
 # End to end: the regularizers at the end of create_graph chains
 # ---------------------------------------------------------------------------------------------
