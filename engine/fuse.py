@@ -3,22 +3,34 @@
 What it fuses: an nn.Conv2d / nn.ConvTranspose2d (groups=1, padding_mode 'zeros' or 'reflect'),
 optionally followed by an nn.BatchNorm2d / nn.InstanceNorm2d, optionally followed by an
 nn.ReLU / nn.LeakyReLU (slope >= 0) / nn.Tanh / nn.Sigmoid, where each step's output feeds only
-the next step. A symmetric nn.ReflectionPad2d right before a padding=0 Conv2d (CycleGAN's
-generator) is absorbed too: the reflection moves into the conv's loader. A lone conv is left
-alone (nothing to fuse).
+the next step. A symmetric nn.ReflectionPad2d (padding >= 0) right before a padding=0 Conv2d
+(CycleGAN's generator) is absorbed too: the reflection moves into the conv's loader. A lone conv
+is left alone (nothing to fuse), and so is a conv called with extra arguments (ConvTranspose2d's
+`output_size=`).
 
 How it finds them: torch.fx traces `model.forward` (nn.Sequential containers are traced through
 like any other code), so chains are found in Sequentials and in hand-written forward code alike,
 and the use counts of every intermediate value are known: a chain stops where an output has
-another user (a skip connection, a second consumer). Every module of a chain must be called once
-and registered under one name (so replacing it cannot change another call site).
+another user (a skip connection, a second consumer) or was stored on a module attribute during
+the trace (`self.features = y`). Every module of a chain must be called once, registered under one
+name (so replacing it cannot change another call site) and have no hooks; a chain also stops
+before it would cross the boundary of a container module that has hooks (fusing moves the norm
+and activation to the conv's place, so a feature hook there would see another tensor). After the
+rewrite the model is traced again: a chain whose rewrite breaks forward (which reads e.g.
+`self.conv.weight` for tied weights, `self.bn.running_mean` or `self.conv.out_channels`) is undone.
+Values kept outside the model (hooks or closures capturing tensors of a container fx traced
+through, globals) and calls from other methods than forward cannot be seen: fuse such models
+with care. Hooks added to the conv, norm or activation after fusing never run (they are no
+longer called).
 
 How it rewrites, in place: the conv's attribute becomes a `Conv2dNormAct` holding the very same
 conv and norm modules (shared parameters and buffers, so optimizers, EMA copies by reference and
-running stats keep working), and the norm's and the activation's attributes become nn.Identity.
-The model keeps its class and its forward code. Train/eval mode is preserved. Its state_dict keys
-move from `<conv>.*` / `<norm>.*` to `<conv>.conv.*` / `<conv>.norm.*`; the report's `key_map`
-lists the moves, and `load_state_dict` of the fused model also accepts the old keys.
+running stats keep working), and the norm's and the activation's attributes become nn.Identity
+(in the replaced module's train/eval mode). The model keeps its class and its forward code.
+Train/eval mode is preserved. Its state_dict keys move from `<conv>.*` / `<norm>.*` to
+`<conv>.conv.*` / `<conv>.norm.*`; the report's `key_map` lists the moves, and `load_state_dict`
+of the fused model also accepts the old keys (the unfused model does not accept the new ones:
+map them back with the inverse of `key_map`).
 
 Models fx cannot trace (data-dependent control flow, ...) come back unchanged with a warning.
 Passing `sequential_fallback=True` then still fuses consecutive children of plain nn.Sequential
@@ -112,8 +124,24 @@ def fuse(model: nn.Module, report: bool = False, impl=None, sequential_fallback:
         warnings.warn("fusegan.engine.fuse: " + rep.warning, stacklevel=2)
     else:
         chains = _graph_chains(model, graph, names, rep)
-    for conv_name, norm_name, act_name, pad_name in chains:
-        _replace(model, conv_name, norm_name, act_name, pad_name, impl, rep)
+    applied = [_replace(model, chain, impl) for chain in chains]
+    if rep.traced and applied and _trace_error(model) is not None:
+        # forward reads something of a replaced module that fx does not see as a call (`self.conv.weight` for
+        # tied weights, `self.bn.running_mean`, `self.conv.out_channels`): find the chains that break it.
+        for undo in reversed(applied):
+            _undo(model, undo)
+        applied = []
+        for chain in chains:
+            undo = _replace(model, chain, impl)
+            error = _trace_error(model)
+            if error is None:
+                applied.append(undo)
+            else:
+                _undo(model, undo)
+                rep.left_alone.append((chain[0], f"fusing it breaks forward, which reads a replaced module ({error})"))
+    for fused, key_map, _ in applied:
+        rep.fused.append(fused)
+        rep.key_map.update(key_map)
     if rep.key_map:
         model._register_load_state_dict_pre_hook(_OldKeyRemapper(rep.key_map))
     model._fusegan_report = rep
@@ -165,8 +193,12 @@ def _graph_chains(model, graph, names, rep):
             return mods[node.target]
         return None
 
+    escaped = _escaped_nodes(model)
+
     def sole_consumer(node):
         """The only user of `node`, when it takes `node` as its only argument."""
+        if node in escaped:  # e.g. `self.features = y`: fx records no use, but the value is read later
+            return None, "its output is also stored on a module attribute"
         if len(node.users) != 1:
             return None, f"its output has {len(node.users)} users"
         user = next(iter(node.users))
@@ -174,14 +206,16 @@ def _graph_chains(model, graph, names, rep):
             return None, "its output goes to a call that takes other arguments"
         return user, None
 
-    chains = []
+    chains, seen = [], set()
     for node in graph.nodes:
         conv = module_of(node, _CONVS)
-        if conv is None:
+        if conv is None or node.target in seen:
             continue
         name = node.target
+        seen.add(name)
         why = unsupported_conv_reason(conv) or _module_problem(conv, names, calls)
-        if why is None and len(node.args) != 1:
+        if why is None and (len(node.args) != 1 or node.kwargs):
+            # e.g. ConvTranspose2d's output_size=..., which Conv2dNormAct has no way to honour
             why = "called with more than one argument"
         if why:
             rep.left_alone.append((name, why))
@@ -194,6 +228,8 @@ def _graph_chains(model, graph, names, rep):
             problem = _module_problem(norm, names, calls)
             if problem is None and norm.num_features != conv.out_channels:
                 problem = f"num_features={norm.num_features} != {conv.out_channels} conv output channels"
+            if problem is None:
+                problem = _hooked_boundary(model, (name, user.target))
             if problem:
                 rep.left_alone.append((user.target, problem))
                 stop = f"its norm {user.target} {problem}"
@@ -202,7 +238,8 @@ def _graph_chains(model, graph, names, rep):
                 user, stop = sole_consumer(tail)
         act = module_of(user, _ACTS) if (user is not None and stop is None) else None
         if act is not None:
-            problem = _module_problem(act, names, calls) or _act_problem(act)
+            problem = (_module_problem(act, names, calls) or _act_problem(act)
+                       or _hooked_boundary(model, (name, norm_name or name, user.target)))
             if problem:
                 rep.left_alone.append((user.target, problem))
             else:
@@ -212,8 +249,10 @@ def _graph_chains(model, graph, names, rep):
         if isinstance(source, torch.fx.Node) and module_of(source, (nn.ReflectionPad2d,)) is not None:
             pad = mods[source.target]
             problem = _module_problem(pad, names, calls) or _pad_problem(pad, conv)
-            if problem is None and (len(source.users) != 1 or len(source.args) != 1):
+            if problem is None and (len(source.users) != 1 or len(source.args) != 1 or source in escaped):
                 problem = "its output has other users"
+            if problem is None:
+                problem = _hooked_boundary(model, (source.target, name, norm_name or name, act_name or name))
             if problem:
                 rep.left_alone.append((source.target, problem))
             else:
@@ -225,7 +264,51 @@ def _graph_chains(model, graph, names, rep):
     return chains
 
 
+def _escaped_nodes(model):
+    """Graph values that forward stored on a module (`self.feat = y`, `self.feats.append(y)`) while being traced."""
+    found = set()
+
+    def visit(value, depth):
+        if isinstance(value, torch.fx.Proxy):
+            found.add(value.node)
+        elif depth < 2 and isinstance(value, (list, tuple, set)):
+            for item in value:
+                visit(item, depth + 1)
+        elif depth < 2 and isinstance(value, dict):
+            for item in value.values():
+                visit(item, depth + 1)
+
+    for m in model.modules():
+        for key, value in vars(m).items():
+            if key not in ("_parameters", "_buffers", "_modules"):
+                visit(value, 0)
+    return found
+
+
+def _hooked_boundary(model, chain_names):
+    """Why the chain cannot be fused if it crosses the boundary of a module that has hooks, else None.
+
+    Fusing moves the norm and the activation to the conv's place, so a container holding some but not all
+    of the chain's modules returns (or receives) a different tensor: a forward hook capturing features
+    there would silently see the activated output."""
+    ancestors = [{n.rsplit(".", i)[0] for i in range(1, n.count(".") + 1)} for n in chain_names]
+    for container in sorted(set.union(*ancestors) - set.intersection(*ancestors)):
+        if _has_hooks(model.get_submodule(container)):
+            return f"fusing it would cross {container}, which has hooks"
+    return None
+
+
+def _trace_error(model):
+    try:
+        _Tracer().trace(model)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None
+
+
 def _pad_problem(pad, conv):
+    if min(pad.padding) < 0:
+        return f"negative padding {pad.padding} (a crop)"
     left, right, top, bottom = pad.padding
     if left != right or top != bottom:
         return f"asymmetric padding {pad.padding}"
@@ -284,24 +367,32 @@ def _seq_problem(m, names):
 # ----------------------------------------------------------------------------------------------
 # Rewriting
 # ----------------------------------------------------------------------------------------------
-def _replace(model, conv_name, norm_name, act_name, pad_name, impl, rep):
+def _replace(model, chain, impl):
+    """Rewrites one chain; returns (FusedChain, key_map, the replaced modules by name) for the report or _undo."""
+    conv_name, norm_name, act_name, pad_name = chain
     conv = model.get_submodule(conv_name)
     norm = model.get_submodule(norm_name) if norm_name else None
     act = model.get_submodule(act_name) if act_name else None
     pad = model.get_submodule(pad_name) if pad_name else None
     reflect_pad = (pad.padding[2], pad.padding[0]) if pad is not None else None
     fused = Conv2dNormAct.from_modules(conv, norm, act, impl=impl, reflect_pad=reflect_pad)
-    for key in conv.state_dict().keys():
-        rep.key_map[f"{conv_name}.{key}"] = f"{conv_name}.conv.{key}"
+    key_map = {f"{conv_name}.{key}": f"{conv_name}.conv.{key}" for key in conv.state_dict().keys()}
     if norm is not None:
-        for key in norm.state_dict().keys():
-            rep.key_map[f"{norm_name}.{key}"] = f"{conv_name}.norm.{key}"
+        key_map.update({f"{norm_name}.{key}": f"{conv_name}.norm.{key}" for key in norm.state_dict().keys()})
+    replaced = {conv_name: conv}
     _set_submodule(model, conv_name, fused)
-    for name in (norm_name, act_name, pad_name):
+    for name, module in ((norm_name, norm), (act_name, act), (pad_name, pad)):
         if name:
-            _set_submodule(model, name, nn.Identity())
+            replaced[name] = module
+            # The placeholder keeps the replaced module's mode, so a model in eval() has no module in training.
+            _set_submodule(model, name, nn.Identity().train(module.training))
     kind = "+".join(type(m).__name__ for m in (pad, conv, norm, act) if m is not None)
-    rep.fused.append(FusedChain(conv_name, norm_name, act_name, kind, pad_name))
+    return FusedChain(conv_name, norm_name, act_name, kind, pad_name), key_map, replaced
+
+
+def _undo(model, applied):
+    for name, module in applied[2].items():
+        _set_submodule(model, name, module)
 
 
 def _set_submodule(model, name, module):
