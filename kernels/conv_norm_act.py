@@ -314,6 +314,10 @@ class Conv2dNormAct(nn.Module):
 
     def forward(self, x):
         conv, norm = self.conv, self.norm
+        if x.dim() == 3 and not isinstance(norm, nn.BatchNorm2d):
+            # One unbatched [C, H, W] image, which nn.Conv2d and nn.InstanceNorm2d take (nn.BatchNorm2d does not:
+            # it gets the 4-D check below, as in torch): a batch of one, as torch runs it.
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         transposed = self.transposed
         padding, padding_mode = _padding_of(conv), conv.padding_mode
         if self.reflect_pad is not None:

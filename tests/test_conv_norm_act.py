@@ -118,6 +118,25 @@ def test_batch_of_one_and_momentum_none(impl, device):
 
 
 @pytest.mark.parametrize("impl", ["ref", "triton"])
+def test_unbatched_image_as_torch_takes_it(impl, device):
+    # nn.Conv2d and nn.InstanceNorm2d take one [C, H, W] image; a fused chain of them must too (it raised).
+    conv, act = nn.Conv2d(3, 4, 3, padding=1), nn.LeakyReLU(0.2)
+    for norm in (None, nn.InstanceNorm2d(4, affine=True, track_running_stats=True)):
+        reference = nn.Sequential(*[m for m in (conv, norm, act) if m is not None]).to(device)
+        fused = Conv2dNormAct.from_modules(copy.deepcopy(conv), copy.deepcopy(norm), act, impl=impl).to(device)
+        x = torch.randn(3, 6, 5, device=device)
+        out = fused(x)
+        assert out.shape == (4, 6, 5)
+        torch.testing.assert_close(out, reference(x), **TOL[torch.float32])
+        if norm is not None:
+            _assert_buffers_equal(fused, reference, TOL[torch.float32])
+    # nn.BatchNorm2d refuses 3-D input; so does the fused layer, with an error naming x.
+    fused = Conv2dNormAct.from_modules(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), impl=impl).to(device)
+    with pytest.raises(ValueError, match="x"):
+        fused(torch.randn(3, 6, 5, device=device))
+
+
+@pytest.mark.parametrize("impl", ["ref", "triton"])
 def test_same_errors_as_torch_for_single_values(impl, device):
     # InstanceNorm with a 1x1 output in training, and BatchNorm with one value per channel.
     x = torch.randn(2, 3, 1, 1, device=device)
