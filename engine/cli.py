@@ -58,20 +58,18 @@ def cmd_bench(args) -> int:
 
 def cmd_convert(args) -> int:
     """Converts NVIDIA StyleGAN2-ADA weights (pickle or state dict) to one safetensors file of G/D/G_ema."""
-    from safetensors.torch import save_file
-
-    from fusegan.models.stylegan2 import load_nvlabs
+    from fusegan.models.stylegan2 import load_nvlabs, save_nvlabs_safetensors
 
     try:
-        nets = load_nvlabs(args.source, mbstd_group_size=args.mbstd_group_size, conv_clamp=args.conv_clamp,
+        nets = load_nvlabs(args.source, mbstd_group_size=args.mbstd_group_size,
+                           mapping_lr_multiplier=args.mapping_lr_multiplier, conv_clamp=args.conv_clamp,
                            num_fp16_res=args.num_fp16_res)
     except (OSError, ValueError, TypeError) as exc:
         print(f"fusegan convert: {exc}", file=sys.stderr)
         return 2
-    tensors = {f"{name}.{key}": value.contiguous() for name, net in nets.items()
-               for key, value in net.state_dict().items()}
-    save_file(tensors, args.out)
-    print(f"wrote {', '.join(nets)} ({len(tensors)} tensors) to {args.out}")
+    # The constructor kwargs go into the file's metadata: no tensor records conv_clamp, num_fp16_res, ...
+    count = save_nvlabs_safetensors(nets, args.out)
+    print(f"wrote {', '.join(nets)} ({count} tensors) to {args.out}")
     return 0
 
 
@@ -263,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--mbstd-group-size", type=int, default=4, help="for state dicts (no tensor records it)")
     convert.add_argument("--conv-clamp", type=float, default=None, help="for state dicts (NVIDIA default: none)")
     convert.add_argument("--num-fp16-res", type=int, default=0, help="for state dicts (NVIDIA default: 0)")
+    convert.add_argument("--mapping-lr-multiplier", type=float, default=0.01,
+                         help="for state dicts (NVIDIA default: 0.01)")
     convert.set_defaults(func=cmd_convert)
     # The options of `bench` live in benchmarks/cli.py (shared with `python -m benchmarks`), so everything after
     # `bench`, options included, is passed through: with no '-' in its prefix_chars this subparser takes

@@ -2,7 +2,8 @@
 from .discriminator import Discriminator, DiscriminatorBlock, DiscriminatorEpilogue, MinibatchStdLayer
 from .generator import Generator, MappingNetwork, SynthesisBlock, SynthesisLayer, SynthesisNetwork, ToRGBLayer
 from .layers import Conv2dLayer, FullyConnectedLayer, set_impl
-from .nvlabs import infer_discriminator_kwargs, infer_generator_kwargs, load_nvlabs
+from .nvlabs import infer_discriminator_kwargs, infer_generator_kwargs, load_nvlabs, save_nvlabs_safetensors
+from .nvlabs_pickle import NetworkPickleError
 
 __all__ = [
     "Conv2dLayer",
@@ -12,6 +13,7 @@ __all__ = [
     "FullyConnectedLayer",
     "Generator",
     "MappingNetwork",
+    "NetworkPickleError",
     "MinibatchStdLayer",
     "SynthesisBlock",
     "SynthesisLayer",
@@ -20,5 +22,6 @@ __all__ = [
     "infer_discriminator_kwargs",
     "infer_generator_kwargs",
     "load_nvlabs",
+    "save_nvlabs_safetensors",
     "set_impl",
 ]
