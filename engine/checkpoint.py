@@ -99,7 +99,7 @@ def rank_rng_states(state: dict) -> list:
 
 def save_snapshot(run_dir, step: int, nets: dict, state: dict, keep: int = 3) -> Path:
     """Writes the snapshot of `step` (see the module docstring), points latest.json at it and keeps the newest
-    `keep` snapshots. Returns the state file's path."""
+    `keep` snapshots (0: all of them). Returns the state file's path."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"step-{step:08d}"
@@ -151,7 +151,10 @@ def load_state(path) -> dict:
 
 def load_weights(path, nets: dict):
     """Loads the safetensors file into `nets` (strict: every key of every net must be present)."""
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors' SafetensorError (truncated or corrupt) is no RuntimeError/OSError
+        raise CheckpointError(f"cannot read checkpoint weights {path}: {exc}") from exc
     for name, net in nets.items():
         prefix = f"{name}."
         sub = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

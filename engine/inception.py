@@ -282,7 +282,10 @@ def load_inception(path, device=None) -> FIDInceptionV3:
     when the file's keys or shapes differ from pytorch-fid's. Returned in eval mode, without gradients.
     """
     state = read_state_dict(path)
-    model = FIDInceptionV3()
+    # The layers' default init (overwritten just below) draws from the global RNG: fork it, so that loading the
+    # metric network never moves a training run's random stream (its exact resume depends on that stream).
+    with torch.random.fork_rng(devices=[]):
+        model = FIDInceptionV3()
     check_state_dict(model, state)
     model.load_state_dict(state, strict=False)  # strictness was checked above, with optional keys allowed
     return model.eval().requires_grad_(False).to(device)

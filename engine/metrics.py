@@ -232,6 +232,16 @@ def _resolve_feature_net(feature_net, device):
     return feature_net, torch.device(device)
 
 
+def quantize_images(images: Tensor) -> Tensor:
+    """Generated float images in [-1, 1] -> uint8 [0, 255], exactly as StyleGAN2-ADA's metric_utils measures its
+    generator: `(img * 127.5 + 128).clamp(0, 255).to(torch.uint8)` (round to nearest, out-of-range values
+    clipped; pytorch-fid users get the same from saved PNGs). Generators such as StyleGAN2's are not bounded, so
+    feeding their raw floats to the feature network would measure pixels no image file can hold."""
+    if not isinstance(images, Tensor) or not images.is_floating_point():
+        raise TypeError(f"images must be a floating tensor, got {getattr(images, 'dtype', type(images))}")
+    return (images.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+
+
 def _to_model_range(images, name) -> Tensor:
     """uint8 [0, 255] -> float32 [-1, 1]; floating images are taken to be in [-1, 1] already."""
     if isinstance(images, np.ndarray):
@@ -295,8 +305,9 @@ def compute_metrics(fake_images_fn: Callable[[int], Tensor], real_images, metric
                     kid_subset_size=1000, pr_k=3, seed=0) -> dict:
     """Evaluates a generator against real images. Returns {'fid', 'kid', 'precision', 'recall'} (those asked).
 
-    fake_images_fn(n): n images [n, C, H, W] in [-1, 1] (C = 1 or 3 for Inception), called under no_grad
-        in chunks of `batch_size` until `num_images` are drawn.
+    fake_images_fn(n): n images [n, C, H, W] (C = 1 or 3 for Inception), uint8 or float in [-1, 1], called
+        under no_grad in chunks of `batch_size` until `num_images` are drawn. Floats are used as given: wrap a
+        generator's output in `quantize_images` to measure what StyleGAN2-ADA measures (the trainer does).
     real_images: a uint8 [0, 255] or float [-1, 1] tensor [N, C, H, W], or an iterable of such batches
         (a DataLoader; (images, labels) batches are fine). The first `num_real_images` (default
         `num_images`) are used, or all if fewer.

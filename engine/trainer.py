@@ -141,6 +141,7 @@ class Trainer:
             self._apply_defaults()  # its checks, against this invocation's process count
             self.run_dir = self.resume_dir
         cfg = self.cfg
+        _check_run_lengths(cfg)
         if self.resume_dir is None:
             self.run_dir = Path(cfg.run_dir) if cfg.run_dir else next_run_dir(cfg.out, cfg.recipe, cfg.data)
         self._seed()
@@ -187,7 +188,10 @@ class Trainer:
         """On resume, what is trained comes from the checkpoint and how this invocation runs from the command
         line (config.RUNTIME_FIELDS)."""
         current = self.cfg.to_dict()
-        merged = dict(saved, **{k: current[k] for k in RUNTIME_FIELDS})
+        runtime = [k for k in RUNTIME_FIELDS
+                   # Neither --steps nor --kimg given: the run goes on to the length it was started with.
+                   if not (k in ("steps", "kimg") and current["steps"] is None and current["kimg"] is None)]
+        merged = dict(saved, **{k: current[k] for k in runtime})
         self.cfg = TrainConfig.from_dict(merged)
 
     def _seed(self, base=None):
@@ -293,16 +297,23 @@ class Trainer:
         if not self.dist.is_main:
             return None
         tag = f"{self.step:08d}"
-        for name, (images, nrow) in self.recipe.snapshot_grid().items():
-            save_grid(images, self.run_dir / "grids" / f"{name}-{tag}.png", nrow=nrow)
+        # The checkpoint holds the RNG states from before the grids and metrics, so whatever they draw (a DataLoader
+        # iterator's base seed, a network's init, a recipe's sampling) must not reach the training stream either:
+        # else the run resumed from this snapshot and the uninterrupted one part ways here.
+        saved_rng = self._local_rng_state()
         try:
-            strip = self.recipe.interpolate(INTERPOLATION_SEEDS, steps=8)
-            save_grid(strip, self.run_dir / "grids" / f"interpolation-{tag}.png", nrow=len(strip))
-        except NotImplementedError:
-            pass
-        if self.cfg.metrics:
-            values = self._metrics()
-            stats.write_metrics(self.step, values)
+            for name, (images, nrow) in self.recipe.snapshot_grid().items():
+                save_grid(images, self.run_dir / "grids" / f"{name}-{tag}.png", nrow=nrow)
+            try:
+                strip = self.recipe.interpolate(INTERPOLATION_SEEDS, steps=8)
+                save_grid(strip, self.run_dir / "grids" / f"interpolation-{tag}.png", nrow=len(strip))
+            except NotImplementedError:
+                pass
+            if self.cfg.metrics:
+                values = self._metrics()
+                stats.write_metrics(self.step, values)
+        finally:
+            ckpt.set_rng_state(saved_rng, self.device, aug=self.aug_generator)
         return ckpt.save_snapshot(self.run_dir, self.step, self.recipe.nets, self.state_dict(rng_states),
                                   keep=self.cfg.keep)
 
@@ -310,8 +321,11 @@ class Trainer:
         from . import metrics
         net = self._feature_net()
         gen = torch.Generator(self.device).manual_seed(123)  # the same fakes' noise at every snapshot
-        reals = torch.utils.data.DataLoader(self.dataset, batch_size=64)  # in order; uint8 (images, labels)
-        return metrics.compute_metrics(lambda n: self.recipe.sample(n, gen), reals, self.cfg.metrics,
+        # In order; uint8 (images, labels). Its own generator: an iterator otherwise draws a seed from the global RNG.
+        reals = torch.utils.data.DataLoader(self.dataset, batch_size=64, generator=torch.Generator().manual_seed(0))
+        # Generated images are measured as StyleGAN2-ADA measures them: quantized to uint8, out-of-range clipped.
+        return metrics.compute_metrics(lambda n: metrics.quantize_images(self.recipe.sample(n, gen)), reals,
+                                       self.cfg.metrics,
                                        num_images=self.cfg.metrics_images, feature_net=net, device=self.device,
                                        dataset_name=f"{self.cfg.data}@{self.cfg.res}")
 
@@ -396,6 +410,19 @@ class Trainer:
         if is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
+
+
+def _check_run_lengths(cfg: TrainConfig):
+    """The counts and intervals the loop divides by or compares with, checked before any work (a zero --snap
+    would otherwise stop the run with a ZeroDivisionError after its first step)."""
+    minimum = {"batch": 1, "steps": 0, "snap": 1, "log_every": 1, "max_nonfinite": 1, "keep": 0, "workers": 0,
+               "metrics_images": 2}
+    for name, low in minimum.items():
+        value = getattr(cfg, name)
+        if value is not None and value < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+    if cfg.kimg is not None and not cfg.kimg > 0:
+        raise ValueError(f"--kimg must be > 0, got {cfg.kimg}")
 
 
 def _norm_running_stats(nets):
