@@ -324,7 +324,7 @@ class Trainer:
         # In order; uint8 (images, labels). Its own generator: an iterator otherwise draws a seed from the global RNG.
         reals = torch.utils.data.DataLoader(self.dataset, batch_size=64, generator=torch.Generator().manual_seed(0))
         # Generated images are measured as StyleGAN2-ADA measures them: quantized to uint8, out-of-range clipped.
-        return metrics.compute_metrics(lambda n: metrics.quantize_images(self.recipe.sample(n, gen)), reals,
+        return metrics.compute_metrics(lambda n: metrics.quantize_images(self.recipe.metric_samples(n, gen)), reals,
                                        self.cfg.metrics,
                                        num_images=self.cfg.metrics_images, feature_net=net, device=self.device,
                                        dataset_name=f"{self.cfg.data}@{self.cfg.res}")

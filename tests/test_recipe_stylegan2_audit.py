@@ -105,3 +105,27 @@ def test_a_skipped_path_length_phase_leaves_pl_mean_alone():
     losses = r.train_step((images, labels), 4)  # the next path length phase runs normally
     assert r.nonfinite == [] and torch.isfinite(losses["pl_penalty"])
     assert torch.isfinite(r.pl_mean) and r.pl_mean != 0.5
+
+
+def test_metrics_draw_random_noise_as_nvidia_metric_utils_while_sample_keeps_it_const():
+    # NVIDIA's metric_utils measures G_ema(z, c) with its default noise_mode='random'; generate.py (our
+    # `fusegan sample`) fixes the noise. Both take z from the given generator.
+    r = make_recipe()
+    with torch.no_grad():  # noise strengths start at 0 (as NVIDIA's): give the noise an effect
+        for name, p in r.G_ema.named_parameters():
+            if name.endswith("noise_strength"):
+                p.fill_(0.5)
+    z = torch.randn(3, ZDIM, generator=torch.Generator().manual_seed(1))
+    c = torch.zeros(3, 0)
+    torch.manual_seed(5)
+    got = r.metric_samples(3, torch.Generator().manual_seed(1))
+    torch.manual_seed(5)
+    with torch.no_grad():
+        want = r.G_ema(z, c, noise_mode="random").float()
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.manual_seed(6)
+    assert not torch.equal(r.metric_samples(3, torch.Generator().manual_seed(1)), got)
+    const = [r.sample(3, torch.Generator().manual_seed(1)) for _ in range(2)]
+    with torch.no_grad():
+        torch.testing.assert_close(const[0], r.G_ema(z, c, noise_mode="const").float(), rtol=0, atol=0)
+    assert torch.equal(const[0], const[1])

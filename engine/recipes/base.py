@@ -100,6 +100,11 @@ class Recipe:
         """n generated images in [-1, 1] (for `fusegan sample` and the metrics)."""
         raise NotImplementedError(f"recipe {self.name!r} does not generate images from noise")
 
+    def metric_samples(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n generated images in [-1, 1] for the metrics: `sample` unless a recipe's reference measures its
+        generator otherwise (StyleGAN2-ADA's metrics draw random noise inputs where its generate.py fixes them)."""
+        return self.sample(n, generator)
+
     def interpolate(self, seeds, steps: int, truncation: float = 1.0) -> torch.Tensor:
         """Images along a latent path through the latents of `seeds`, [len(seeds)-1)*steps+1, C, H, W]."""
         raise NotImplementedError(f"recipe {self.name!r} has no latent space to interpolate")

@@ -378,8 +378,8 @@ class StyleGAN2Recipe(Recipe):
         return self.labels_to_c((torch.arange(n, device=self.ctx.device) // per_row) % self.c_dim)
 
     @torch.no_grad()
-    def synthesize(self, ws):
-        return self.G_ema.synthesis(ws, noise_mode="const").float()
+    def synthesize(self, ws, noise_mode="const"):
+        return self.G_ema.synthesis(ws, noise_mode=noise_mode).float()
 
     @torch.no_grad()
     def snapshot_grid(self):
@@ -404,7 +404,8 @@ class StyleGAN2Recipe(Recipe):
         return grids
 
     @torch.no_grad()
-    def sample(self, n, generator, truncation=1.0):
+    def sample(self, n, generator, truncation=1.0, noise_mode="const"):
+        """G_ema's images of latents drawn from `generator`; noise_mode 'const' as NVIDIA's generate.py."""
         z = torch.randn(n, self.hp["z_dim"], generator=generator, device=generator.device).to(self.ctx.device)
         if self.c_dim > 0:
             labels = torch.randint(self.c_dim, (n,), generator=generator, device=generator.device)
@@ -412,7 +413,13 @@ class StyleGAN2Recipe(Recipe):
         else:
             c = torch.zeros([n, 0], device=self.ctx.device)
         ws = self.G_ema.mapping(z, c, truncation_psi=truncation)
-        return self.synthesize(ws)
+        return self.synthesize(ws, noise_mode=noise_mode)
+
+    @torch.no_grad()
+    def metric_samples(self, n, generator):
+        # NVIDIA's metric_utils runs G_ema(z, c) with its default noise_mode='random' (drawn from the global RNG,
+        # which the trainer puts back after a snapshot's metrics).
+        return self.sample(n, generator, noise_mode="random")
 
     @torch.no_grad()
     def interpolate(self, seeds, steps, truncation=1.0):
