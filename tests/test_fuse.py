@@ -10,8 +10,8 @@ import torch.nn as nn
 from fusegan.engine.fuse import FuseReport, fuse
 from fusegan.kernels.conv_norm_act import Conv2dNormAct
 from norm_helpers import randomize_norms
+from test_fuse_audit import _check_equivalent  # outputs, gradients and state in train and eval mode
 
-TOL = dict(atol=1e-4, rtol=1e-4)  # fp32: the fused layers compute the same math in another order
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,28 +103,6 @@ class DataDependent(nn.Module):
         if x.mean() > 0:  # fx cannot trace a branch on a tensor's value
             return self.body(x)
         return -self.body(x)
-
-
-def _check_equivalent(original, fused, rep, x, steps=2):
-    """Same outputs, input and parameter gradients and running stats, in train then eval mode."""
-    fused_params = dict(fused.named_parameters())
-    for _ in range(steps):
-        xo, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
-        out_o, out_f = original(xo), fused(xf)
-        torch.testing.assert_close(out_f, out_o, **TOL)
-        g = torch.randn_like(out_o)
-        out_o.backward(g)
-        out_f.backward(g)
-        torch.testing.assert_close(xf.grad, xo.grad, **TOL)
-        for name, p in original.named_parameters():
-            torch.testing.assert_close(fused_params[rep.key_map.get(name, name)].grad, p.grad, **TOL, msg=name)
-    fused_state = fused.state_dict()
-    for name, value in original.state_dict().items():
-        torch.testing.assert_close(fused_state[rep.key_map.get(name, name)], value, **TOL, msg=name)
-    original.eval()
-    fused.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(fused(x), original(x), **TOL)
 
 
 def _fused_kinds(rep):

@@ -10,20 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fusegan.engine.fuse import fuse
+from norm_helpers import randomize_norms
 
 TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float64: dict(atol=1e-10, rtol=1e-10)}
-
-
-def randomize_norms(model):
-    """Non-trivial affine parameters and running statistics on every norm that has them."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)):
-                if m.affine:
-                    m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.2, 0.2)
-                if m.track_running_stats:
-                    m.running_mean.uniform_(-0.1, 0.1), m.running_var.uniform_(0.5, 2.0)
-    return model
 
 
 def _check_equivalent(original, fused, rep, x, steps=2, modes=("train", "eval")):

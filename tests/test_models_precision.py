@@ -233,7 +233,12 @@ def test_conv2d_norm_act_triton_under_autocast_matches_ref(device, kwargs, train
         assert b.dtype == b_ref.dtype, name
         # the batch statistics differ by about one rounding of O(1) values, and enter with momentum 0.1
         torch.testing.assert_close(b, b_ref, rtol=eps, atol=0.1 * eps, msg=name)
-    w = torch.randn(out.shape, device=device)
+    # ReLU's slope jumps at 0: an output within the two paths' roundings of 0 can take the other branch in one
+    # of them, and one such flip moves a weight gradient by several percent. Gradients are compared where both
+    # paths took the same branch (flips must be rare: outputs agree to 2 ulps).
+    same_branch = (out_ref > 0) == (out > 0)
+    assert (~same_branch).float().mean() <= 0.02
+    w = torch.randn(out.shape, device=device) * same_branch
     (out_ref.float() * w).sum().backward()
     (out.float() * w).sum().backward()
     for (name, p_ref), p in zip(ref.named_parameters(), fused.parameters()):
