@@ -20,9 +20,10 @@ def open_dataset(spec, resolution: int, channels=None, *, labels: bool = False, 
 
     channels=None: 1 for the built-ins; for files, 1 when every image is grayscale (by its header) else 3.
     labels=True: conditional data (dataset.json labels, or the digits' classes); DataError when there are none.
-    kind='paired': pix2pix A|B images, `direction` 'AtoB' or 'BtoA'. kind='unpaired': trainA/ and trainB/,
-    with B's partner of each index drawn from `seed`. Files that cannot be read are skipped with a
-    DataWarning; more than `max_bad_fraction` of them raises DataError (see folders.py).
+    kind='paired': pix2pix A|B images (those under train/ when there is one), `direction` 'AtoB' or 'BtoA'.
+    kind='unpaired': trainA/ and trainB/, with B's partner of each index drawn from `seed` (every B image used).
+    Files that cannot be read are skipped with a DataWarning; more than `max_bad_fraction` of them raises
+    DataError (see folders.py).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")

@@ -2,8 +2,9 @@
 CycleGAN trainA/ + trainB/ domains.
 
 Unreadable files, in two steps, both deterministic:
-1. At construction every image's header is read (Pillow's `Image.open`: the first bytes, no decode). Files
-   that are not images (a text file named .png, an empty file) are left out of the index with a warning.
+1. At construction every image's header is read (Pillow's `Image.open`: the first bytes, no decode; in a zip
+   only those bytes are decompressed). Files that are not images (a text file named .png, an empty file) are
+   left out of the index with a warning.
 2. `__getitem__` decodes fully. A file that fails here (a truncated PNG) is warned about, remembered, and
    replaced by the next readable index (i+1, i+2, ... cyclically), so a given index always yields the same
    sample. `verify()` decodes everything up front instead.
@@ -20,7 +21,8 @@ from .images import (GRAYSCALE_MODES, IMAGE_EXTENSIONS, DataError, DataWarning, 
 from .sources import open_source
 
 DIRECTIONS = ("AtoB", "BtoA")
-_MASK64 = (1 << 64) - 1
+TRAIN_PHASE = "train/"  # pix2pix's phase folder under its dataroot
+_MASK64 = (1 << 64) - 1  # torch.Generator seeds are 64-bit
 
 
 def _check_common(resolution, channels, max_bad_fraction):
@@ -54,7 +56,7 @@ class ImageFiles:
     def _probe(self, name: str) -> str:
         from PIL import Image
 
-        with self.source.open(name) as file, Image.open(file) as image:
+        with self.source.open_header(name) as file, Image.open(file) as image:
             return image.mode
 
     def _skip(self, name: str, error: Exception):
@@ -162,7 +164,9 @@ class ImageFolderDataset(Dataset):
 
 class PairedImageDataset(Dataset):
     """pix2pix A|B images (A left, B right), as (A, B) uint8 [C, R, R] each; direction='BtoA' swaps them.
-    Each half is resized and cropped on its own, so both stay aligned."""
+    Each half is resized and cropped on its own, so both stay aligned. A source with images under train/ (the
+    ROOT/train, ROOT/val, ROOT/test layout of pix2pix's datasets, which it reads as dataroot/phase) gives those
+    only, never the val/test pairs; otherwise every image of the source, recursively."""
 
     num_classes, has_labels = 0, False
 
@@ -172,7 +176,8 @@ class PairedImageDataset(Dataset):
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
         source = open_source(path)
-        self.files = ImageFiles(source, max_bad_fraction=max_bad_fraction)
+        prefix = TRAIN_PHASE if any(is_image_name(name) for name in source.list_files(TRAIN_PHASE)) else ""
+        self.files = ImageFiles(source, max_bad_fraction=max_bad_fraction, prefix=prefix)
         self.resolution, self.channels = resolution, _pick_channels(channels, self.files)
         self.direction = direction
         self.name = source.name
@@ -195,18 +200,12 @@ class PairedImageDataset(Dataset):
         return self.files.verify(self._read)
 
 
-def _splitmix64(x: int) -> int:
-    """A 64-bit integer hash (SplitMix64's finalizer): uncorrelated outputs for consecutive inputs."""
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
 class UnpairedImageDataset(Dataset):
     """CycleGAN domains trainA/ and trainB/ (folders, or prefixes in a zip), as (A, B) uint8 [C, R, R].
-    len = max(len_a, len_b). Index i gives A[i % len_a] and B[hash(seed, i) % len_b]: a fixed pseudo-random
-    partner per index (like CycleGAN's random B, but reproducible from `seed`, with any worker count)."""
+    len = max(len_a, len_b). Index i gives A[i % len_a] and B[perm[i] % len_b], perm a permutation of
+    range(len) drawn from `seed`: a fixed pseudo-random partner per index (like CycleGAN's random B, but
+    reproducible with any worker count) that still uses every B image, each as often as the others (within
+    one). A hash of i instead would be a random function, leaving about 1/e of domain B unused forever."""
 
     num_classes, has_labels = 0, False
 
@@ -219,6 +218,8 @@ class UnpairedImageDataset(Dataset):
         self.channels = _pick_channels(channels, self.files_a, self.files_b)
         self.seed = int(seed)
         self.name = source.name
+        generator = torch.Generator().manual_seed(self.seed & _MASK64)
+        self._b_order = torch.randperm(len(self), generator=generator)
 
     @property
     def len_a(self) -> int:
@@ -229,7 +230,7 @@ class UnpairedImageDataset(Dataset):
         return len(self.files_b)
 
     def b_index(self, index: int) -> int:
-        return _splitmix64(_splitmix64(self.seed & _MASK64) ^ index) % self.len_b
+        return int(self._b_order[index]) % self.len_b
 
     def _read(self, file) -> torch.Tensor:
         return to_tensor(resize_center_crop(decode(file, self.channels), self.resolution))

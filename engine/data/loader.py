@@ -44,8 +44,10 @@ class InfiniteSampler(Sampler):
 
 
 def to_float(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 images (0..255) as `dtype` in [-1, 1]: x / 127.5 - 1."""
-    return images.to(dtype) / 127.5 - 1
+    """uint8 images (0..255) as `dtype` in [-1, 1]: x / 127.5 - 1, rounded once to `dtype`. The arithmetic runs
+    in float32 (float64 for float64): dividing in bf16/fp16 would round twice and miss by up to a whole ulp."""
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    return (images.to(compute) / 127.5 - 1).to(dtype)
 
 
 def random_xflip(x: Union[torch.Tensor, Sequence[torch.Tensor]], generator: torch.Generator, p: float = 0.5):

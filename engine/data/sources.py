@@ -33,6 +33,8 @@ class FolderSource:
     def open(self, name: str):
         return open(self.root / name, "rb")
 
+    open_header = open  # a file reads lazily already
+
     def read_json(self, name: str):
         path = self.root / name
         if not path.is_file():
@@ -71,6 +73,10 @@ class ZipSource:
     def open(self, name: str):
         # Read whole: Pillow seeks, which is slow on a compressed zip member.
         return io.BytesIO(self._zipfile().read(name))
+
+    def open_header(self, name: str):
+        # Decompresses only as far as the reader reads: a header check must not inflate the whole image.
+        return self._zipfile().open(name)
 
     def read_json(self, name: str):
         if name not in self._names:
