@@ -53,7 +53,9 @@ class DCGANRecipe(Recipe):
         self.fixed_z = latents_for_seeds(range(GRID_SIZE), o.nz, ctx.device, base_seed=ctx.seed)
 
     def loss(self, logits, target):
-        return gan_loss(logits, target, kind=self.options.gan_loss, impl=self.ctx.impl)
+        # In fp32 whatever the autocast dtype (as autocast runs BCEWithLogits, and as pix2pix/CycleGAN do here):
+        # gan_loss returns the logits' dtype, and a bf16/fp16 loss would round what is summed, checked and logged.
+        return gan_loss(logits.float(), target, kind=self.options.gan_loss, impl=self.ctx.impl)
 
     def train_step(self, batch, step):
         real = batch[0]
