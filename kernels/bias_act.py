@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._dispatch import resolve_impl
-from ._triton import compute_dtype, LAUNCH_OPTIONS, tl, torch_compute_dtype, triton
+from ._triton import compute_dtype, HAS_TRITON, LAUNCH_OPTIONS, tl, torch_compute_dtype, triton
 from ._validate import check_dim, check_finite_number, check_same_device, check_tensor
 
 __all__ = ["activation_funcs", "bias_act"]
@@ -41,7 +41,7 @@ __all__ = ["activation_funcs", "bias_act"]
 class ActivationSpec:
     """One activation: its PyTorch function (the reference), NVIDIA's defaults, and what the kernels need."""
 
-    func: Callable[[Tensor, float], Tensor]  # func(z, alpha)
+    func: Callable[..., Tensor]  # func(x, alpha), or NVIDIA's keyword form func(x=x, alpha=alpha)
     def_alpha: float
     def_gain: float
     code: int  # selects the activation inside the Triton kernels (a constexpr)
@@ -55,24 +55,28 @@ _SQRT2 = math.sqrt(2.0)
 
 # NVIDIA ignores alpha for every activation but lrelu (elu is torch's elu with alpha=1); so do we.
 activation_funcs = {
-    "linear": ActivationSpec(lambda z, alpha: z, 0.0, 1.0, 0, False),
-    "relu": ActivationSpec(lambda z, alpha: F.relu(z), 0.0, _SQRT2, 1, False),
-    "lrelu": ActivationSpec(lambda z, alpha: F.leaky_relu(z, alpha), 0.2, _SQRT2, 2, False),
-    "tanh": ActivationSpec(lambda z, alpha: torch.tanh(z), 0.0, 1.0, 3, True),
-    "sigmoid": ActivationSpec(lambda z, alpha: torch.sigmoid(z), 0.0, 1.0, 4, True),
-    "elu": ActivationSpec(lambda z, alpha: F.elu(z), 0.0, 1.0, 5, True),
-    "selu": ActivationSpec(lambda z, alpha: F.selu(z), 0.0, 1.0, 6, True),
-    "softplus": ActivationSpec(lambda z, alpha: F.softplus(z), 0.0, 1.0, 7, True),
-    "swish": ActivationSpec(lambda z, alpha: torch.sigmoid(z) * z, 0.0, _SQRT2, 8, True),
-    "gelu": ActivationSpec(lambda z, alpha: F.gelu(z), 0.0, 1.0, 9, True),
+    # Called as func(x, alpha) here and as NVIDIA's reference calls it, func(x=x, alpha=alpha).
+    "linear": ActivationSpec(lambda x, alpha=0.0, **_: x, 0.0, 1.0, 0, False),
+    "relu": ActivationSpec(lambda x, alpha=0.0, **_: F.relu(x), 0.0, _SQRT2, 1, False),
+    "lrelu": ActivationSpec(lambda x, alpha=0.2, **_: F.leaky_relu(x, alpha), 0.2, _SQRT2, 2, False),
+    "tanh": ActivationSpec(lambda x, alpha=0.0, **_: torch.tanh(x), 0.0, 1.0, 3, True),
+    "sigmoid": ActivationSpec(lambda x, alpha=0.0, **_: torch.sigmoid(x), 0.0, 1.0, 4, True),
+    "elu": ActivationSpec(lambda x, alpha=0.0, **_: F.elu(x), 0.0, 1.0, 5, True),
+    "selu": ActivationSpec(lambda x, alpha=0.0, **_: F.selu(x), 0.0, 1.0, 6, True),
+    "softplus": ActivationSpec(lambda x, alpha=0.0, **_: F.softplus(x), 0.0, 1.0, 7, True),
+    "swish": ActivationSpec(lambda x, alpha=0.0, **_: torch.sigmoid(x) * x, 0.0, _SQRT2, 8, True),
+    "gelu": ActivationSpec(lambda x, alpha=0.0, **_: F.gelu(x), 0.0, 1.0, 9, True),
 }
 
 # act name -> kernel code; other kernels (e.g. conv epilogues) reuse `_act_fwd` with these codes.
 ACT_CODES = {name: spec.code for name, spec in activation_funcs.items()}
 
-_SELU_ALPHA = 1.6732632423543772848170429916717
-_SELU_SCALE = 1.0507009873554804934193349852946
-_SOFTPLUS_THRESHOLD = 20.0  # torch's F.softplus default: above it softplus(z) = z
+# Numbers the kernels read. A @jit function may only read globals that are tl.constexpr: a GPU compile refuses
+# plain floats (the CPU interpreter does not, so only a GPU, or tests/test_nvidia_semantics_audit.py, sees it).
+_jit_const = tl.constexpr if HAS_TRITON else float
+_SELU_ALPHA = _jit_const(1.6732632423543772848170429916717)
+_SELU_SCALE = _jit_const(1.0507009873554804934193349852946)
+_SOFTPLUS_THRESHOLD = _jit_const(20.0)  # torch's F.softplus default: above it softplus(z) = z
 
 
 # ----------------------------------------------------------------------------------------------
@@ -111,6 +115,40 @@ def _noise_bias_act_ref(x, noise, bias, act, alpha, gain, clamp):
 # 2. Triton kernels
 # ----------------------------------------------------------------------------------------------
 @triton.jit
+def _expm1_nonpos(z):
+    """exp(z) - 1 for z <= 0 without the cancellation of the literal formula near 0 (which made fp32 tanh(1e-6)
+    1.3% and elu(-1e-6) 4.6% wrong): a Taylor polynomial (Horner, degree 15: fp64-accurate) for z > -0.5, where
+    exp(z) - 1 loses the most, and exp(z) - 1 below, where it loses at most a few ulps. Multiply-adds only:
+    triton.language has no expm1, and Kahan's log-based trick would depend on how a backend lowers log."""
+    t = tl.maximum(z, -0.5)  # the polynomial's branch only; keeps -inf out of it
+    p = tl.full(z.shape, 1.0, z.dtype)
+    for k in tl.static_range(15, 1, -1):
+        p = 1.0 + t * p * (1.0 / k)
+    return tl.where(z > -0.5, t * p, tl.exp(z) - 1.0)
+
+
+@triton.jit
+def _log1p_unit(u):
+    """log(1 + u) for 0 <= u <= 1, accurate for small u (where 1 + u rounds the information away: softplus(-30)
+    came out 0): 2 * atanh(s), s = u / (2 + u) <= 1/9 below u = 0.25, as an odd series in s (8 terms: fp64-
+    accurate); log(1 + u) above."""
+    s = u / (2.0 + u)
+    s2 = s * s
+    q = tl.full(u.shape, 1.0 / 15.0, u.dtype)
+    for k in tl.static_range(6, -1, -1):
+        q = 1.0 / (2 * k + 1) + s2 * q
+    return tl.where(u < 0.25, 2.0 * s * q, tl.log(1.0 + u))
+
+
+@triton.jit
+def _tanh(z):
+    """tanh(z) = -m / (2 + m), m = expm1(-2|z|), signed: never overflows, and accurate near 0."""
+    m = _expm1_nonpos(-2.0 * tl.abs(z))
+    t = -m / (2.0 + m)
+    return tl.where(z < 0, -t, t)
+
+
+@triton.jit
 def _act_fwd(z, ACT: tl.constexpr, alpha):
     """f(z) for the activation whose code (ACT_CODES) is ACT."""
     if ACT == 0:  # linear
@@ -119,18 +157,16 @@ def _act_fwd(z, ACT: tl.constexpr, alpha):
         y = tl.where(z > 0, z, 0.0)
     elif ACT == 2:  # lrelu (torch: z > 0 ? z : alpha * z)
         y = tl.where(z > 0, z, z * alpha)
-    elif ACT == 3:  # tanh, from exp(-2|z|) so that it never overflows
-        e = tl.exp(-2.0 * tl.abs(z))
-        t = (1.0 - e) / (1.0 + e)
-        y = tl.where(z < 0, -t, t)
+    elif ACT == 3:  # tanh
+        y = _tanh(z)
     elif ACT == 4:  # sigmoid
         y = 1.0 / (1.0 + tl.exp(-z))
     elif ACT == 5:  # elu (alpha 1)
-        y = tl.where(z > 0, z, tl.exp(z) - 1.0)
+        y = tl.where(z > 0, z, _expm1_nonpos(tl.minimum(z, 0.0)))
     elif ACT == 6:  # selu
-        y = _SELU_SCALE * tl.where(z > 0, z, _SELU_ALPHA * (tl.exp(z) - 1.0))
-    elif ACT == 7:  # softplus (beta 1, threshold 20, as F.softplus)
-        y = tl.where(z > _SOFTPLUS_THRESHOLD, z, tl.log(1.0 + tl.exp(z)))
+        y = _SELU_SCALE * tl.where(z > 0, z, _SELU_ALPHA * _expm1_nonpos(tl.minimum(z, 0.0)))
+    elif ACT == 7:  # softplus (beta 1, threshold 20, as F.softplus): max(z, 0) + log(1 + exp(-|z|))
+        y = tl.where(z > _SOFTPLUS_THRESHOLD, z, tl.maximum(z, 0.0) + _log1p_unit(tl.exp(-tl.abs(z))))
     elif ACT == 8:  # swish
         y = z * 1.0 / (1.0 + tl.exp(-z))
     else:  # gelu, exact: z * Phi(z)
@@ -148,8 +184,7 @@ def _act_grad(z, ACT: tl.constexpr, alpha):
     elif ACT == 2:
         d = tl.where(z > 0, 1.0, alpha)
     elif ACT == 3:
-        e = tl.exp(-2.0 * tl.abs(z))
-        t = (1.0 - e) / (1.0 + e)  # |tanh(z)|
+        t = _tanh(z)
         d = 1.0 - t * t
     elif ACT == 4:
         s = 1.0 / (1.0 + tl.exp(-z))
@@ -173,9 +208,7 @@ def _act_grad(z, ACT: tl.constexpr, alpha):
 def _act_grad2(z, ACT: tl.constexpr):
     """f''(z) for the smooth activations (codes 3..9); the piecewise-linear ones never call this."""
     if ACT == 3:
-        e = tl.exp(-2.0 * tl.abs(z))
-        t = (1.0 - e) / (1.0 + e)
-        t = tl.where(z < 0, -t, t)
+        t = _tanh(z)
         d = -2.0 * t * (1.0 - t * t)
     elif ACT == 4:
         s = 1.0 / (1.0 + tl.exp(-z))

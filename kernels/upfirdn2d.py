@@ -37,8 +37,8 @@ from .bias_act import ACT_CODES, _act_fwd, _noise_bias_act_ref, _scalars, _split
 # Argument parsing and checks (shared by every entry point, all run before any launch).
 
 
-def _parse_scaling(value, name):
-    """`up`/`down`: a positive int or an [x, y] pair of them; returns (sx, sy)."""
+def _parse_scaling(value, name="scaling"):
+    """`up`/`down`: a positive int or an [x, y] pair of them; returns (sx, sy). (NVIDIA's one-argument form works.)"""
     if isinstance(value, (list, tuple)):
         if len(value) != 2:
             raise ValueError(f"{name} must be an int or an [x, y] pair, got {len(value)} values: {value!r}")
@@ -81,6 +81,11 @@ def _check_filter(f, x):
 def _filter_size(f):
     """(fw, fh) of a checked filter; a 1-D filter is used along both axes."""
     return f.shape[-1], f.shape[0]
+
+
+def _get_filter_size(f):
+    """NVIDIA's helper (its conv2d_resample calls it): (fw, fh) of f, (1, 1) for None."""
+    return (1, 1) if f is None else _filter_size(f)
 
 
 def _out_size(in_size, up, down, pad0, pad1, taps):
