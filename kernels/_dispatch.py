@@ -6,6 +6,8 @@ Rules, in order:
 3. Otherwise Triton for CUDA tensors and the reference for CPU tensors, except that under
    TRITON_INTERPRET=1 the Triton path also runs on CPU tensors (this is how CI tests kernels).
 Asking for Triton where it cannot run raises a ValueError instead of failing inside a launch.
+`impl='cuda'`, the default of NVIDIA's ops ("the custom kernel where it can run, else the reference"),
+is taken as None, so that their callers switch with one import.
 """
 import os
 
@@ -14,6 +16,7 @@ import torch
 from ._triton import HAS_TRITON, TRITON_IMPORT_ERROR
 
 IMPLS = ("ref", "triton")
+NVIDIA_AUTO = "cuda"  # NVIDIA's impl='cuda': fused where it can run, else the reference (as None here)
 
 
 def interpreter_active() -> bool:
@@ -40,6 +43,8 @@ def default_impl(device: torch.device) -> str:
 def resolve_impl(impl, device: torch.device) -> str:
     """Returns 'ref' or 'triton' for an op whose tensors live on `device`."""
     source = "impl"
+    if impl == NVIDIA_AUTO:
+        impl = None
     if impl is None:
         env = os.environ.get("FUSEGAN_IMPL", "").strip()
         if env:
@@ -47,7 +52,7 @@ def resolve_impl(impl, device: torch.device) -> str:
         else:
             return default_impl(device)
     if impl not in IMPLS:
-        raise ValueError(f"{source} must be one of {IMPLS} or None, got {impl!r}")
+        raise ValueError(f"{source} must be one of {IMPLS}, None or {NVIDIA_AUTO!r} (as None), got {impl!r}")
     if impl == "triton" and not triton_can_run(device):
         if not HAS_TRITON:
             why = f"triton cannot be imported ({TRITON_IMPORT_ERROR})"

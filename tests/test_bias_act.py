@@ -376,9 +376,19 @@ def test_dispatch_env_var(spies, monkeypatch, env, device):
     assert spies == [env, "ref"]
 
 
+def test_dispatch_nvidia_impl_cuda_is_automatic(spies, monkeypatch, device):
+    # NVIDIA's ops default to impl='cuda': their custom kernel where it can run, else the reference.
+    bias_act(torch.randn(2, 3, device=device), impl="cuda")
+    bias_act(torch.randn(2, 3, device=device))
+    assert spies == ["triton", "triton"]  # CUDA tensors, or CPU ones under the interpreter (as here)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    bias_act(torch.randn(2, 3), impl="cuda")  # CPU tensors without the interpreter: the reference, as NVIDIA's
+    assert spies[-1] == "ref"
+
+
 def test_dispatch_bad_impl(monkeypatch):
     with pytest.raises(ValueError, match="impl"):
-        bias_act(torch.randn(2, 3), impl="cuda")
+        bias_act(torch.randn(2, 3), impl="fast")
     monkeypatch.setenv("FUSEGAN_IMPL", "fast")
     with pytest.raises(ValueError, match="FUSEGAN_IMPL"):
         bias_act(torch.randn(2, 3))
