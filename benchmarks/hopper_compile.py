@@ -146,6 +146,31 @@ def _pix2pix_cyclegan_dcgan_iteration(dtype, quick):
     vae_loss(recon, torch.rand_like(recon), mu, logvar).backward()
 
 
+def _every_activation(dtypes, fused_layers):
+    """bias_act with every activation, forward, backward and double backward, in each of `dtypes`; with
+    `fused_layers` also the epilogues that reuse its activation code (modulated_conv2d, conv2d_norm_act) in bf16.
+    No training recipe uses selu or softplus, which once compiled only in the interpreter."""
+    from fusegan.kernels import bias_act, modulated_conv2d
+    from fusegan.kernels.bias_act import activation_funcs
+    from fusegan.kernels.conv_norm_act import ACTS as NORM_ACTS, conv2d_norm_act
+
+    def double_backward(y, x):
+        (g,) = torch.autograd.grad((y.float() * torch.randn_like(y.float())).sum(), x, create_graph=True)
+        g.float().square().sum().backward()
+
+    for act in activation_funcs:
+        for dtype in dtypes:
+            x = torch.randn(4, 64, 8, 8, dtype=dtype, requires_grad=True)
+            double_backward(bias_act(x, torch.randn(64, dtype=dtype), act=act, clamp=256), x)
+        if fused_layers:
+            x = torch.randn(2, 64, 16, 16, dtype=torch.bfloat16, requires_grad=True)
+            w, s = torch.randn(64, 64, 3, 3, dtype=torch.bfloat16), torch.randn(2, 64, dtype=torch.bfloat16)
+            double_backward(modulated_conv2d(x, w, s, padding=1, bias=torch.randn(64), act=act, clamp=256), x)
+            if act in NORM_ACTS:
+                x = torch.randn(2, 64, 16, 16, dtype=torch.bfloat16, requires_grad=True)
+                conv2d_norm_act(x, w, padding=1, norm="instance", act=act).float().square().sum().backward()
+
+
 @contextlib.contextmanager
 def _conv_tf32(enabled):
     """fp32 convs with or without TF32, as the engine's `--precision tf32` / every other mode sets them."""
@@ -160,7 +185,8 @@ def _conv_tf32(enabled):
 def capture_training_kernels(quick=False, arch=90):
     """Runs the capture workloads; returns the list of distinct compile requests. TF32 is off as the engine sets
     it for --precision fp32/bf16/fp16 (the fp32 layers of mixed precision included); the fp32 workloads run once
-    more with it on (--precision tf32), since the fused convs then compile to other kernels."""
+    more with it on (--precision tf32), since the fused convs then compile to other kernels. Every activation of
+    bias_act is captured too (in the fused layers' epilogues without --quick), used by training or not."""
     torch.manual_seed(0)
     fp32_sg2 = dict(num_fp16_res=0, conv_clamp=None)
     with capture_launches(arch) as specs:
@@ -175,6 +201,7 @@ def capture_training_kernels(quick=False, arch=90):
                                      fp16_channels_last=True)
             for dtype in ([torch.bfloat16] if quick else [torch.float32, torch.bfloat16]):
                 _pix2pix_cyclegan_dcgan_iteration(dtype, quick)
+            _every_activation([torch.float32, torch.bfloat16, torch.float16], fused_layers=not quick)
         if not quick:
             with _conv_tf32(True):
                 _stylegan2_iteration(256, 16384, fp32_sg2)

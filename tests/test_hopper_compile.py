@@ -36,6 +36,10 @@ def test_training_kernels_compile_for_sm90(tmp_path):
     assert all(r["status"] == "ok" for r in results)
     assert EXPECTED <= {r["kernel"] for r in results}
     assert all(r["registers"] > 0 and r["spill_bytes"] >= 0 for r in results)  # cuobjdump's report was parsed
+    # Every activation code, forward and backward (selu and softplus once compiled only in the interpreter).
+    from fusegan.kernels.bias_act import ACT_CODES
+    for kernel in ("_bias_act_fwd_kernel", "_bias_act_bwd_kernel"):
+        assert {r["constexprs"]["ACT"] for r in results if r["kernel"] == kernel} == {str(c) for c in ACT_CODES.values()}
     # Every launch asks for FMA contraction itself (LAUNCH_OPTIONS): Triton warns when one leaves it to its default,
     # which changes with the Triton version.
     assert "TRITON_DEFAULT_FP_FUSION" not in proc.stderr
