@@ -17,6 +17,7 @@ from torch.autograd import gradcheck, gradgradcheck
 
 from fusegan.kernels.conv2d_resample import conv2d_resample
 from fusegan.kernels.modulated_conv2d import modulated_conv2d, no_weight_gradients
+from nvidia_reference import nv_parse_padding, nv_upfirdn2d
 
 FP64_TOL = dict(atol=1e-10, rtol=1e-10)
 FP32_TOL = dict(atol=2e-5, rtol=2e-5)  # fp32 demodulation coefficients: different (exact-math) summation orders
@@ -32,33 +33,6 @@ FILTERS = {"none": None, "2d": F_2D, "2d_3x4": F_2D_NONSQUARE, "1d": F_1D, "1d_8
 
 # ------------------------------------------------------------------------------------------------------------
 # NVIDIA's code, in plain torch
-
-def nv_parse_padding(padding):
-    if isinstance(padding, int):
-        padding = [padding, padding]
-    if len(padding) == 2:
-        padding = [padding[0], padding[0], padding[1], padding[1]]
-    return tuple(padding)
-
-
-def nv_upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
-    if f is None:
-        f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
-    n, c, h, w = x.shape
-    px0, px1, py0, py1 = nv_parse_padding(padding)
-    x = F.pad(x.reshape(n, c, h, 1, w, 1), [0, up - 1, 0, 0, 0, up - 1]).reshape(n, c, h * up, w * up)
-    x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
-    x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
-    f = (f * (gain ** (f.ndim / 2))).to(x.dtype)
-    if not flip_filter:
-        f = f.flip(list(range(f.ndim)))
-    f = f[None, None].repeat([c, 1] + [1] * f.ndim)
-    if f.ndim == 4:
-        x = F.conv2d(x, f, groups=c)
-    else:
-        x = F.conv2d(F.conv2d(x, f.unsqueeze(2), groups=c), f.unsqueeze(3), groups=c)
-    return x[:, :, ::down, ::down]
-
 
 def nv_conv(x, w, stride=1, padding=0, groups=1, transpose=False, flip_weight=True):
     if not flip_weight:
