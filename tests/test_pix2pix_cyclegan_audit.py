@@ -8,7 +8,6 @@ training loop on the same inputs and the same global-RNG draws (dropout masks, l
 """
 import argparse
 import copy
-import functools
 import itertools
 
 import torch
@@ -19,6 +18,7 @@ from fusegan.engine.precision import Precision
 from fusegan.engine.recipes import get_recipe
 from fusegan.engine.recipes.base import DataInfo, TrainContext
 from fusegan.models.pix2pix import reference_state_dict
+from test_pix2pix import RefPatchGAN, RefResnetGenerator, RefUnet
 
 LOSS_ATOL = 1e-5        # fp32, the same maths on the same inputs, written differently
 GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-7  # fp32 gradients of the same maths (Adam hides loss scales: compare gradients)
@@ -78,106 +78,7 @@ def assert_same_weights(fused, ref):
         torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=PARAM_ATOL, msg=key)
 
 
-# ---- reference networks (junyanz/pytorch-CycleGAN-and-pix2pix, models/networks.py) -----------------------------
-def ref_norm(norm):
-    if norm == "batch":
-        return functools.partial(nn.BatchNorm2d, affine=True, track_running_stats=True)
-    return functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False)
-
-
-class RefUnetSkipConnectionBlock(nn.Module):
-    def __init__(self, outer_nc, inner_nc, input_nc=None, submodule=None, outermost=False, innermost=False,
-                 norm="batch", use_dropout=False):
-        super().__init__()
-        self.outermost = outermost
-        use_bias, norm_layer = norm == "instance", ref_norm(norm)
-        input_nc = outer_nc if input_nc is None else input_nc
-        downconv = nn.Conv2d(input_nc, inner_nc, kernel_size=4, stride=2, padding=1, bias=use_bias)
-        downrelu, downnorm = nn.LeakyReLU(0.2, True), norm_layer(inner_nc)
-        uprelu, upnorm = nn.ReLU(True), norm_layer(outer_nc)
-        if outermost:
-            upconv = nn.ConvTranspose2d(inner_nc * 2, outer_nc, kernel_size=4, stride=2, padding=1)
-            model = [downconv, submodule, uprelu, upconv, nn.Tanh()]
-        elif innermost:
-            upconv = nn.ConvTranspose2d(inner_nc, outer_nc, kernel_size=4, stride=2, padding=1, bias=use_bias)
-            model = [downrelu, downconv, uprelu, upconv, upnorm]
-        else:
-            upconv = nn.ConvTranspose2d(inner_nc * 2, outer_nc, kernel_size=4, stride=2, padding=1, bias=use_bias)
-            model = [downrelu, downconv, downnorm, submodule, uprelu, upconv, upnorm]
-            model += [nn.Dropout(0.5)] if use_dropout else []
-        self.model = nn.Sequential(*model)
-
-    def forward(self, x):
-        return self.model(x) if self.outermost else torch.cat([x, self.model(x)], 1)
-
-
-class RefUnetGenerator(nn.Module):
-    def __init__(self, input_nc, output_nc, num_downs, ngf, norm="batch", use_dropout=False):
-        super().__init__()
-        block = RefUnetSkipConnectionBlock(ngf * 8, ngf * 8, innermost=True, norm=norm)
-        for _ in range(num_downs - 5):
-            block = RefUnetSkipConnectionBlock(ngf * 8, ngf * 8, submodule=block, norm=norm, use_dropout=use_dropout)
-        block = RefUnetSkipConnectionBlock(ngf * 4, ngf * 8, submodule=block, norm=norm)
-        block = RefUnetSkipConnectionBlock(ngf * 2, ngf * 4, submodule=block, norm=norm)
-        block = RefUnetSkipConnectionBlock(ngf, ngf * 2, submodule=block, norm=norm)
-        self.model = RefUnetSkipConnectionBlock(output_nc, ngf, input_nc=input_nc, submodule=block, outermost=True,
-                                                norm=norm)
-
-    def forward(self, x):
-        return self.model(x)
-
-
-class RefResnetBlock(nn.Module):
-    def __init__(self, dim, norm):
-        super().__init__()
-        use_bias, norm_layer = norm == "instance", ref_norm(norm)
-        self.conv_block = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=use_bias), norm_layer(dim), nn.ReLU(True),
-            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=use_bias), norm_layer(dim))
-
-    def forward(self, x):
-        return x + self.conv_block(x)
-
-
-class RefResnetGenerator(nn.Module):
-    def __init__(self, input_nc, output_nc, ngf, n_blocks, norm="instance"):
-        super().__init__()
-        use_bias, norm_layer = norm == "instance", ref_norm(norm)
-        model = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, 7, bias=use_bias), norm_layer(ngf), nn.ReLU(True)]
-        for i in range(2):
-            mult = 2**i
-            model += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1, bias=use_bias),
-                      norm_layer(ngf * mult * 2), nn.ReLU(True)]
-        model += [RefResnetBlock(ngf * 4, norm) for _ in range(n_blocks)]
-        for i in range(2):
-            mult = 2 ** (2 - i)
-            model += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1,
-                                         bias=use_bias), norm_layer(ngf * mult // 2), nn.ReLU(True)]
-        model += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7), nn.Tanh()]
-        self.model = nn.Sequential(*model)
-
-    def forward(self, x):
-        return self.model(x)
-
-
-class RefNLayerDiscriminator(nn.Module):
-    def __init__(self, input_nc, ndf, n_layers=3, norm="batch"):
-        super().__init__()
-        use_bias, norm_layer = norm == "instance", ref_norm(norm)
-        seq = [nn.Conv2d(input_nc, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
-        nf_mult = 1
-        for n in range(1, n_layers):
-            nf_prev, nf_mult = nf_mult, min(2**n, 8)
-            seq += [nn.Conv2d(ndf * nf_prev, ndf * nf_mult, 4, stride=2, padding=1, bias=use_bias),
-                    norm_layer(ndf * nf_mult), nn.LeakyReLU(0.2, True)]
-        nf_prev, nf_mult = nf_mult, min(2**n_layers, 8)
-        seq += [nn.Conv2d(ndf * nf_prev, ndf * nf_mult, 4, stride=1, padding=1, bias=use_bias),
-                norm_layer(ndf * nf_mult), nn.LeakyReLU(0.2, True)]
-        seq += [nn.Conv2d(ndf * nf_mult, 1, 4, stride=1, padding=1)]
-        self.model = nn.Sequential(*seq)
-
-    def forward(self, x):
-        return self.model(x)
+# ---- reference networks: test_pix2pix's plain-nn rewrites of junyanz/pytorch-CycleGAN-and-pix2pix's -------------
 
 
 def copy_of(fused, ref):
@@ -207,8 +108,8 @@ def test_pix2pix_adam_steps_match_the_reference_model():
     """pix2pix_model.optimize_parameters (vanilla GAN, lambda_L1 100, D loss halved, D on concat(A, B), Adam
     2e-4 (0.5, 0.999)) at 64x64: one U-Net level has dropout, so the masks are compared too."""
     recipe = build("pix2pix", ["--ngf", "2", "--ndf", "2"], DataInfo(64, 3, kind="paired", channels_b=3))
-    netG = copy_of(recipe.G, RefUnetGenerator(3, 3, 6, 2, "batch", use_dropout=True))
-    netD = copy_of(recipe.D, RefNLayerDiscriminator(6, 2, 3, "batch"))
+    netG = copy_of(recipe.G, RefUnet(3, 3, 6, 2, "batch", dropout=True))
+    netD = copy_of(recipe.D, RefPatchGAN(6, 2, 3, "batch"))
     opt_G = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_D = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
     criterionGAN = RefGANLoss("vanilla")
@@ -273,8 +174,8 @@ def test_cyclegan_adam_steps_with_pool_swaps_and_lr_decay_match_the_reference_mo
     recipe = build("cyclegan", ["--ngf", "2", "--ndf", "2", "--n-blocks", "2", "--pool-size", "3",
                                 "--n-steps-const", str(n_const), "--n-steps-decay", str(n_decay)],
                    DataInfo(32, 3, kind="unpaired", channels_b=3))
-    netG_A, netG_B = (copy_of(recipe.nets[k], RefResnetGenerator(3, 3, 2, 2)) for k in ("G_A", "G_B"))
-    netD_A, netD_B = (copy_of(recipe.nets[k], RefNLayerDiscriminator(3, 2, 3, "instance")) for k in ("D_A", "D_B"))
+    netG_A, netG_B = (copy_of(recipe.nets[k], RefResnetGenerator(3, 3, 2, 2, "instance", dropout=False)) for k in ("G_A", "G_B"))
+    netD_A, netD_B = (copy_of(recipe.nets[k], RefPatchGAN(3, 2, 3, "instance")) for k in ("D_A", "D_B"))
     opt_G = torch.optim.Adam(itertools.chain(netG_A.parameters(), netG_B.parameters()), lr=2e-4, betas=(0.5, 0.999))
     opt_D = torch.optim.Adam(itertools.chain(netD_A.parameters(), netD_B.parameters()), lr=2e-4, betas=(0.5, 0.999))
     lambda_rule = lambda epoch: 1.0 - max(0, epoch + 1 - n_const) / float(n_decay + 1)  # noqa: E731, epoch_count 1
