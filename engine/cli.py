@@ -108,7 +108,7 @@ def _train_parser(recipe_name=None):
     g.add_argument("--res", type=int, default=None, help="resolution (default: the recipe's)")
     g.add_argument("--cond", action="store_true", help="conditional training on dataset.json labels")
     g.add_argument("--direction", choices=("AtoB", "BtoA"), default=d.direction, help="pix2pix: which half is input")
-    g.add_argument("--xflip", action="store_true", help="x-flip augmentation")
+    g.add_argument("--xflip", action="store_true", help="x-flip augmentation (pix2pix: one flip per A|B pair; CycleGAN: A and B independently)")
     g.add_argument("--max-bad-fraction", type=float, default=d.max_bad_fraction,
                    help="stop when more than this fraction of images cannot be read")
     g = p.add_argument_group("how long and how")

@@ -153,6 +153,7 @@ class Trainer:
                                 channels_last=cfg.channels_last, compile=cfg.compile, impl=cfg.impl, dist=self.dist)
         self.data_info = data_info = DataInfo(resolution=cfg.res, channels=self.dataset.channels,
                              num_classes=self.dataset.num_classes if cfg.cond else 0,
+                             label_counts=self.dataset.label_counts() if cfg.cond else None,
                              kind=self.recipe_cls.data_kind,
                              channels_b=getattr(self.dataset, "channels_b", None))
         self.options = recipe_options(self.recipe_cls, cfg.recipe_options)
@@ -269,14 +270,22 @@ class Trainer:
         return self._inputs(batch, augment=True)
 
     def _inputs(self, batch, augment):
-        """uint8 images -> float in [-1, 1] on the device, x-flip (when augmenting), memory format; labels and
-        other tensors pass through."""
+        """uint8 images -> float in [-1, 1] on the device, x-flip (when augmenting: one flip per sample shared by
+        paired A and B, independent flips of unpaired A and B), memory format; labels and other tensors pass
+        through."""
         out = [t.to(self.device, non_blocking=True) for t in batch]
         images = [i for i, t in enumerate(out) if t.dtype == torch.uint8]
         for i in images:
             out[i] = to_float(out[i])
         if augment and self.cfg.xflip and images:
-            flipped = random_xflip([out[i] for i in images], generator=self.aug_generator)  # same flip for A, B
+            group = [out[i] for i in images]
+            if self.data_info.kind == "unpaired":
+                # CycleGAN's UnalignedDataset flips A and B on their own (a RandomHorizontalFlip each): a draw
+                # per tensor, A's first, all from the checkpointed x-flip generator.
+                flipped = [random_xflip(t, generator=self.aug_generator) for t in group]
+            else:
+                # pix2pix's AlignedDataset gives A and B the same flip, so they stay aligned.
+                flipped = random_xflip(group, generator=self.aug_generator)
             for i, t in zip(images, flipped):
                 out[i] = t
         for i in images:

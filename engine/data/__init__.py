@@ -3,7 +3,8 @@ faces) yielding uint8 tensors, and the loader that feeds them to the trainer on 
 
 Items: image datasets give (image uint8 [C, R, R], label int64 scalar, -1 when unlabeled); paired and
 unpaired datasets give (A, B), both uint8 [C, R, R]. Conversion to float and x-flips happen on the device
-(`to_float`, `random_xflip`), so host->device copies stay uint8.
+(`to_float`, `random_xflip`), so host->device copies stay uint8; the trainer gives paired A and B one shared
+flip and unpaired A and B independent flips, as pix2pix's and CycleGAN's datasets do.
 """
 from .builtin import BUILTIN_DATASETS, TensorImageDataset, load_digits_dataset, load_faces_dataset
 from .folders import ImageFolderDataset, PairedImageDataset, UnpairedImageDataset
@@ -21,7 +22,8 @@ def open_dataset(spec, resolution: int, channels=None, *, labels: bool = False, 
     channels=None: 1 for the built-ins; for files, 1 when every image is grayscale (by its header) else 3.
     labels=True: conditional data (dataset.json labels, or the digits' classes); DataError when there are none.
     kind='paired': pix2pix A|B images (those under train/ when there is one), `direction` 'AtoB' or 'BtoA'.
-    kind='unpaired': trainA/ and trainB/, with B's partner of each index drawn from `seed` (every B image used).
+    kind='unpaired': trainA/ and trainB/, B's partner of each A redrawn every epoch from (`seed`, epoch), every B
+    image used in each epoch (the sampler tags indices with their epoch; see folders.UnpairedImageDataset).
     Files that cannot be read are skipped with a DataWarning; more than `max_bad_fraction` of them raises
     DataError (see folders.py).
     """

@@ -13,6 +13,7 @@ this process: each DataLoader worker counts the files it has tried).
 """
 import warnings
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -158,6 +159,12 @@ class ImageFolderDataset(Dataset):
         label = self._labels[i] if self.has_labels else -1
         return image, torch.tensor(label, dtype=torch.int64)
 
+    def label_counts(self):
+        """Images per class ([num_classes] ints), None without labels."""
+        if not self.has_labels:
+            return None
+        return torch.bincount(torch.tensor(self._labels), minlength=self.num_classes).tolist()
+
     def verify(self) -> int:
         return self.files.verify(self._read)
 
@@ -202,12 +209,17 @@ class PairedImageDataset(Dataset):
 
 class UnpairedImageDataset(Dataset):
     """CycleGAN domains trainA/ and trainB/ (folders, or prefixes in a zip), as (A, B) uint8 [C, R, R].
-    len = max(len_a, len_b). Index i gives A[i % len_a] and B[perm[i] % len_b], perm a permutation of
-    range(len) drawn from `seed`: a fixed pseudo-random partner per index (like CycleGAN's random B, but
-    reproducible with any worker count) that still uses every B image, each as often as the others (within
-    one). A hash of i instead would be a random function, leaving about 1/e of domain B unused forever."""
+    len = max(len_a, len_b). B's partner of each A is drawn afresh every epoch, as CycleGAN's UnalignedDataset
+    does (`index_B = random.randint(0, B_size - 1)` per item), but reproducibly: the index carries the epoch
+    (`epoch_indexed`: InfiniteSampler yields epoch * len + i, i in range(len); a plain i is epoch 0), and
+    index epoch * len + i gives A[i % len_a] and B[perm_epoch[i] % len_b], perm_epoch a permutation of range(len)
+    seeded from (seed, epoch). So a given (epoch, i) always gives the same pair, with any worker count and after
+    a resume, and every epoch uses every B image, each as often as the others (within one); independent draws
+    (or a hash of i) would leave about 1/e of domain B out of each epoch when len_b >= len_a."""
 
     num_classes, has_labels = 0, False
+    epoch_indexed = True  # InfiniteSampler tags its indices with their epoch (see engine/data/loader.py)
+    _CACHED_EPOCHS = 2  # a batch, or a worker's prefetched batches, may straddle an epoch boundary
 
     def __init__(self, path, resolution: int, channels=None, *, seed: int = 0, max_bad_fraction: float = 0.05):
         _check_common(resolution, channels, max_bad_fraction)
@@ -218,8 +230,7 @@ class UnpairedImageDataset(Dataset):
         self.channels = _pick_channels(channels, self.files_a, self.files_b)
         self.seed = int(seed)
         self.name = source.name
-        generator = torch.Generator().manual_seed(self.seed & _MASK64)
-        self._b_order = torch.randperm(len(self), generator=generator)
+        self._b_orders = {}  # epoch -> its permutation, the latest few only
 
     @property
     def len_a(self) -> int:
@@ -229,8 +240,22 @@ class UnpairedImageDataset(Dataset):
     def len_b(self) -> int:
         return len(self.files_b)
 
+    def b_order(self, epoch: int) -> torch.Tensor:
+        """The permutation of range(len) that picks B's partners in `epoch`. Its seed mixes (seed, epoch) through
+        numpy's SeedSequence, so it is unrelated to the sampler's own per-epoch permutations (seed + epoch)."""
+        order = self._b_orders.get(epoch)
+        if order is None:
+            mixed = int(np.random.SeedSequence([self.seed & _MASK64, epoch]).generate_state(1, np.uint64)[0])
+            order = torch.randperm(len(self), generator=torch.Generator().manual_seed(mixed))
+            if len(self._b_orders) >= self._CACHED_EPOCHS:
+                del self._b_orders[min(self._b_orders)]
+            self._b_orders[epoch] = order
+        return order
+
     def b_index(self, index: int) -> int:
-        return int(self._b_order[index]) % self.len_b
+        """The B image paired with `index` (= epoch * len + i)."""
+        epoch, i = divmod(index, len(self))
+        return int(self.b_order(epoch)[i]) % self.len_b
 
     def _read(self, file) -> torch.Tensor:
         return to_tensor(resize_center_crop(decode(file, self.channels), self.resolution))
@@ -239,10 +264,16 @@ class UnpairedImageDataset(Dataset):
         return max(self.len_a, self.len_b)
 
     def __getitem__(self, index: int):
-        _check_index(index, len(self))
-        a = self.files_a.load(index % self.len_a, self._read)[1]
+        if index < 0:  # no upper bound: indices past len carry the epoch
+            raise IndexError(f"index {index} out of range: indices of an unpaired dataset are >= 0")
+        i = index % len(self)
+        a = self.files_a.load(i % self.len_a, self._read)[1]
         b = self.files_b.load(self.b_index(index), self._read)[1]
         return a, b
+
+    def __iter__(self):
+        """Epoch 0's items: without it, Python would iterate through __getitem__, which has no end here."""
+        return (self[i] for i in range(len(self)))
 
     def verify(self) -> int:
         return self.files_a.verify(self._read) + self.files_b.verify(self._read)

@@ -7,17 +7,23 @@ r, r + world_size, r + 2 world_size, ... (StyleGAN2-ADA style), so the ranks are
 every window of the global stream, even when n is not a multiple of world_size (or smaller than it).
 `start_index` counts samples of this rank's stream: after k batches of b images per rank, resume with
 start_index = k * b and the run sees exactly the data an uninterrupted one would.
+
+Datasets that set `epoch_indexed = True` (the unpaired one: CycleGAN redraws B's partners every epoch) get
+epoch * n + i in place of index i, the epoch being that of the global position. The epoch travels with the
+index, so DataLoader worker processes and resumed runs know it without any state of their own.
 """
-from typing import Iterator, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 
 class InfiniteSampler(Sampler):
-    """Yields dataset indices forever, in the order described in the module docstring."""
+    """Yields dataset indices forever, in the order described in the module docstring. epoch_indexed=None: the
+    dataset's own `epoch_indexed` attribute (False for a length)."""
 
-    def __init__(self, dataset_or_len, *, seed: int = 0, rank: int = 0, world_size: int = 1, start_index: int = 0):
+    def __init__(self, dataset_or_len, *, seed: int = 0, rank: int = 0, world_size: int = 1, start_index: int = 0,
+                 epoch_indexed: Optional[bool] = None):
         length = dataset_or_len if isinstance(dataset_or_len, int) else len(dataset_or_len)
         if length < 1:
             raise ValueError(f"the dataset is empty (length {length})")
@@ -27,6 +33,9 @@ class InfiniteSampler(Sampler):
             raise ValueError(f"start_index must be >= 0, got {start_index}")
         self.length, self.seed, self.rank, self.world_size = length, int(seed), rank, world_size
         self.start_index = int(start_index)
+        if epoch_indexed is None:
+            epoch_indexed = bool(getattr(dataset_or_len, "epoch_indexed", False))
+        self.epoch_indexed = epoch_indexed
 
     def permutation(self, epoch: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed + epoch)
@@ -37,8 +46,9 @@ class InfiniteSampler(Sampler):
         epoch, offset = divmod(position, self.length)
         while True:
             order = self.permutation(epoch).tolist()
+            base = epoch * self.length if self.epoch_indexed else 0
             while offset < self.length:
-                yield order[offset]
+                yield base + order[offset]
                 offset += self.world_size
             epoch, offset = epoch + offset // self.length, offset % self.length
 
@@ -53,8 +63,9 @@ def to_float(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.
 def random_xflip(x: Union[torch.Tensor, Sequence[torch.Tensor]], generator: torch.Generator, p: float = 0.5):
     """Mirrors each sample of a batch [N, ..., W] left-right with probability p, independently per sample.
     x may be several tensors (a tuple or list, e.g. the A and B of pix2pix): sample i of every tensor gets the
-    same flip. Draws exactly N numbers from `generator` per call, whatever p, so the stream is reproducible.
-    Returns the same structure as x."""
+    same flip; for independent flips (CycleGAN's unpaired A and B) call it once per tensor. Draws exactly N
+    numbers from `generator` per call, whatever p, so the stream is reproducible. Returns the same structure
+    as x."""
     tensors = [x] if isinstance(x, torch.Tensor) else list(x)
     if not tensors or not all(isinstance(t, torch.Tensor) and t.ndim >= 2 for t in tensors):
         raise TypeError("x must be a tensor [N, ..., W] or a sequence of them")
