@@ -88,8 +88,10 @@ def test_zip_layout_with_dataset_json_labels(tmp_path):
         assert image.shape == (1, 6, 6)
         assert_color(image, [30 * i])
         assert label.item() == (i * 2) % 5
+    assert ds.label_counts() == [2, 1, 2, 1, 1]  # labels 0 2 4 1 3 0 2: what conditional metrics sample from
     unlabeled = open_dataset(tmp_path / "set.zip", 6)
     assert (unlabeled.has_labels, unlabeled.num_classes, unlabeled[3][1].item()) == (False, 0, -1)
+    assert unlabeled.label_counts() is None
     assert open_dataset(tmp_path / "set.zip", 6, channels=3)[2][0].shape == (3, 6, 6)
 
 

@@ -109,3 +109,17 @@ def test_recipe_trains_on_gpu_with_fused_ops(recipe, compile_, tmp_path, paired_
     assert summary["steps"] == 17 and summary["nonfinite_steps"] == 0 and summary["peak_memory_gb"] > 0
     stats = [json.loads(line) for line in (tmp_path / "stats.jsonl").read_text().splitlines()]
     assert all(np.isfinite(v) for r in stats for k, v in r.items() if k != "time")
+
+
+def test_conditional_run_keeps_the_label_distribution_for_its_metrics(tmp_path):
+    # StyleGAN2-ADA's metrics condition each generated image on a random dataset item's label: the recipe gets the
+    # dataset's images per class, and so does a recipe loaded back from the checkpoint.
+    from fusegan.engine.inference import load_recipe
+    from sklearn.datasets import load_digits
+    config = dict(CASES["stylegan2"], data="digits", cond=True)
+    train(TrainConfig(recipe="stylegan2", steps=1, snap=1, log_every=1, workers=0, impl="ref", device="cpu",
+                      progress=False, tensorboard=False, run_dir=str(tmp_path), **config))
+    counts = np.bincount(load_digits().target, minlength=10).tolist()
+    recipe = load_recipe(tmp_path)
+    assert recipe.c_dim == 10
+    assert recipe.label_weights.tolist() == counts

@@ -30,13 +30,14 @@ def _plain_cpu_convs():
     torch.backends.mkldnn.enabled = enabled
 
 
-def make_recipe(*args, precision="fp32", num_classes=0, batch=BATCH, channels_last=False):
+def make_recipe(*args, precision="fp32", num_classes=0, batch=BATCH, channels_last=False, label_counts=None):
     parser = argparse.ArgumentParser()
     StyleGAN2Recipe.add_arguments(parser)
     options = parser.parse_args(TINY + list(args))
     ctx = TrainContext(device=torch.device("cpu"), precision=Precision(precision, "cpu"), batch_size=batch,
                        impl="ref", channels_last=channels_last)
-    return StyleGAN2Recipe(ctx, options, DataInfo(resolution=RES, channels=1, num_classes=num_classes))
+    return StyleGAN2Recipe(ctx, options, DataInfo(resolution=RES, channels=1, num_classes=num_classes,
+                                                  label_counts=label_counts))
 
 
 def real_batch(labels=None):

@@ -129,3 +129,38 @@ def test_metrics_draw_random_noise_as_nvidia_metric_utils_while_sample_keeps_it_
     with torch.no_grad():
         torch.testing.assert_close(const[0], r.G_ema(z, c, noise_mode="const").float(), rtol=0, atol=0)
     assert torch.equal(const[0], const[1])
+
+
+def _conditioning_seen(r, fn):
+    """The class of every conditioning vector G_ema.mapping receives while `fn` runs."""
+    seen = []
+    handle = r.G_ema.mapping.register_forward_pre_hook(lambda module, args: seen.append(args[1].argmax(1)))
+    try:
+        fn()
+    finally:
+        handle.remove()
+    return torch.cat(seen)
+
+
+def test_conditional_metrics_draw_classes_as_often_as_the_dataset_has_them():
+    # NVIDIA's metric_utils: c = dataset.get_label(np.random.randint(len(dataset))) for each generated image, so a
+    # class holds the share of the generated images that it holds of the data. `sample` (generate.py, grids)
+    # keeps classes uniform.
+    r = make_recipe(num_classes=3, label_counts=[0, 30, 10])
+    classes = _conditioning_seen(r, lambda: r.metric_samples(400, torch.Generator().manual_seed(0)))
+    counts = torch.bincount(classes, minlength=3)
+    assert counts[0] == 0 and counts.sum() == 400
+    assert 0.65 < counts[1] / 400 < 0.85  # 0.75 expected; binomial sd 0.022
+    uniform = _conditioning_seen(r, lambda: r.sample(400, torch.Generator().manual_seed(0)))
+    assert torch.bincount(uniform, minlength=3)[0] > 80  # 133 expected
+
+    unknown = make_recipe(num_classes=3)  # a checkpoint from before label_counts existed: uniform
+    classes = _conditioning_seen(unknown, lambda: unknown.metric_samples(300, torch.Generator().manual_seed(0)))
+    assert torch.bincount(classes, minlength=3).min() > 60
+
+
+def test_label_counts_must_match_the_classes():
+    import pytest
+    for bad in ([1, 2], [1, -1, 2], [0, 0, 0]):
+        with pytest.raises(ValueError, match="label_counts"):
+            make_recipe(num_classes=3, label_counts=bad)

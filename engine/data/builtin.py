@@ -27,6 +27,12 @@ class TensorImageDataset(Dataset):
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def label_counts(self):
+        """Images per class ([num_classes] ints), None without labels."""
+        if not self.has_labels:
+            return None
+        return torch.bincount(self.labels, minlength=self.num_classes).tolist()
+
     def __getitem__(self, index: int):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)}")

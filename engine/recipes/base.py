@@ -13,7 +13,7 @@ recipe keeps across steps (pl_mean, the CycleGAN image pool, ...) belongs in ext
 import argparse
 import contextlib
 from dataclasses import dataclass, field
-from typing import ClassVar, Optional
+from typing import ClassVar, List, Optional
 
 import torch
 from torch import nn
@@ -30,6 +30,9 @@ class DataInfo:
     num_classes: int = 0        # 0: unconditional
     kind: str = "image"         # 'image' (images, labels), 'paired' (A, B) or 'unpaired' (A, B)
     channels_b: Optional[int] = None  # second domain's channels for paired/unpaired data
+    # Images per class of conditional data ([num_classes] ints, None when unknown): the label distribution that
+    # StyleGAN2-ADA's metrics draw their conditioning from (a random dataset item's label).
+    label_counts: Optional[List[int]] = None
 
 
 @dataclass

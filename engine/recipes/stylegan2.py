@@ -138,6 +138,18 @@ class _WithoutLossScaling:
         return loss
 
 
+def _label_weights(label_counts, c_dim):
+    """The class distribution of conditional data as float64 weights for torch.multinomial (None: unknown, or
+    unconditional)."""
+    if c_dim == 0 or label_counts is None:
+        return None
+    counts = torch.as_tensor(label_counts, dtype=torch.float64)
+    if counts.shape != (c_dim,) or (counts < 0).any() or counts.sum() <= 0:
+        raise ValueError(f"label_counts must hold {c_dim} non-negative counts with a positive sum, got "
+                         f"{list(label_counts)}")
+    return counts
+
+
 class StyleGAN2Recipe(Recipe):
     """StyleGAN2-ADA's StyleGAN2Loss and training loop (without ADA) on fusegan's StyleGAN2 G and D.
 
@@ -213,6 +225,7 @@ class StyleGAN2Recipe(Recipe):
             raise ValueError(f"the batch per process ({ctx.batch_gpu}) must be divisible by D's minibatch-stddev "
                              f"group ({mbstd}); change --batch or --mbstd-group")
         self.c_dim = data.num_classes
+        self.label_weights = _label_weights(data.label_counts, self.c_dim)
         precision = self._precision_kwargs(hp)
         # --channels-last puts the low-precision blocks' activations in NHWC (NVIDIA's fp16_channels_last; the
         # fp32 blocks stay NCHW, as there). Without it the networks would only convert their weights: G's
@@ -405,21 +418,30 @@ class StyleGAN2Recipe(Recipe):
 
     @torch.no_grad()
     def sample(self, n, generator, truncation=1.0, noise_mode="const"):
-        """G_ema's images of latents drawn from `generator`; noise_mode 'const' as NVIDIA's generate.py."""
+        """G_ema's images of latents drawn from `generator`; noise_mode 'const' as NVIDIA's generate.py; classes
+        uniform when conditional."""
+        return self._generate(n, generator, truncation, noise_mode, label_weights=None)
+
+    @torch.no_grad()
+    def metric_samples(self, n, generator):
+        # NVIDIA's metric_utils runs G_ema(z, c) with its default noise_mode='random' (drawn from the global RNG,
+        # which the trainer puts back after a snapshot's metrics) and c the label of a random dataset item: classes
+        # as frequent as in the data.
+        return self._generate(n, generator, 1.0, "random", label_weights=self.label_weights)
+
+    def _generate(self, n, generator, truncation, noise_mode, label_weights):
         z = torch.randn(n, self.hp["z_dim"], generator=generator, device=generator.device).to(self.ctx.device)
         if self.c_dim > 0:
-            labels = torch.randint(self.c_dim, (n,), generator=generator, device=generator.device)
+            if label_weights is None:
+                labels = torch.randint(self.c_dim, (n,), generator=generator, device=generator.device)
+            else:
+                labels = torch.multinomial(label_weights.to(generator.device), n, replacement=True,
+                                           generator=generator)
             c = self.labels_to_c(labels.to(self.ctx.device))
         else:
             c = torch.zeros([n, 0], device=self.ctx.device)
         ws = self.G_ema.mapping(z, c, truncation_psi=truncation)
         return self.synthesize(ws, noise_mode=noise_mode)
-
-    @torch.no_grad()
-    def metric_samples(self, n, generator):
-        # NVIDIA's metric_utils runs G_ema(z, c) with its default noise_mode='random' (drawn from the global RNG,
-        # which the trainer puts back after a snapshot's metrics).
-        return self.sample(n, generator, noise_mode="random")
 
     @torch.no_grad()
     def interpolate(self, seeds, steps, truncation=1.0):
