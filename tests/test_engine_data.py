@@ -47,7 +47,8 @@ def assert_color(image, expected, tol=0):
 # ---------------------------------------------------------------------------------------------- folders / zips
 def test_folder_recursion_and_extensions(tmp_path):
     colors = {"a.png": (250, 0, 0), "sub/b.jpg": (0, 250, 0), "sub/deep/c.jpeg": (0, 0, 250),
-              "d.webp": (250, 250, 0), "sub/E.PNG": (0, 250, 250)}
+              "d.webp": (250, 250, 0), "sub/E.PNG": (0, 250, 250), "f.bmp": (10, 20, 30), "g.ppm": (40, 50, 60),
+              "h.tif": (70, 80, 90), "sub/i.TIFF": (100, 110, 120)}  # pix2pix/CycleGAN's extensions, any case
     for name, color in colors.items():
         save_solid(tmp_path / name, color, **({"lossless": True} if name.endswith(".webp") else {}))
     (tmp_path / "notes.txt").write_text("not an image")
@@ -57,15 +58,15 @@ def test_folder_recursion_and_extensions(tmp_path):
         warnings.simplefilter("error")  # non-image files are ignored silently
         ds = open_dataset(tmp_path, 8)
     assert ds.files.names == sorted(colors)
-    assert (len(ds), ds.resolution, ds.channels, ds.num_classes, ds.has_labels) == (5, 8, 3, 0, False)
+    assert (len(ds), ds.resolution, ds.channels, ds.num_classes, ds.has_labels) == (9, 8, 3, 0, False)
     assert ds.name == tmp_path.name
     for i, name in enumerate(sorted(colors)):
         image, label = ds[i]
         assert image.dtype == torch.uint8 and image.shape == (3, 8, 8)
         assert label.dtype == torch.int64 and label.ndim == 0 and label.item() == -1
-        assert_color(image, colors[name], tol=0 if name.endswith((".png", ".PNG", ".webp")) else JPEG_TOL)
+        assert_color(image, colors[name], tol=JPEG_TOL if name.endswith((".jpg", ".jpeg")) else 0)
     with pytest.raises(IndexError):
-        ds[5]
+        ds[9]
 
 
 def make_zip(path, members):
