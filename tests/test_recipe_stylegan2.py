@@ -308,6 +308,25 @@ def test_conditional():
     assert r.snapshot_grid()["fakes"][0].shape == (64, 1, RES, RES)
 
 
+def test_conditional_phases_draw_labels_with_the_dataset_frequencies():
+    # training_loop.py: gen_c = labels of random dataset items, independent of the real batch's labels.
+    r = make_recipe(num_classes=3, label_counts=[0, 5, 15])
+    gen_cs = []
+    original = r.accumulate_gradients
+
+    def recording(phase, real_img, real_c, gen_z, gen_c, gain):
+        gen_cs.append(gen_c)
+        return original(phase, real_img, real_c, gen_z, gen_c, gain=gain)
+
+    r.accumulate_gradients = recording
+    for step in range(4):
+        r.train_step(real_batch([0] * BATCH), step)  # every real image is class 0, which the data never has
+    classes = torch.cat([c.argmax(1) for c in gen_cs])
+    assert torch.equal(torch.cat(gen_cs).sum(1), torch.ones(len(classes)))  # one-hot
+    counts = torch.bincount(classes, minlength=3)
+    assert counts[0] == 0 and counts[1] > 0 and counts[2] > counts[1]  # 1:3 expected
+
+
 def test_nan_in_the_real_batch_skips_the_D_phases():
     r = make_recipe()
     images, labels = real_batch()

@@ -356,15 +356,14 @@ class StyleGAN2Recipe(Recipe):
         device = real_img.device
         real_c = self.labels_to_c(labels) if self.c_dim > 0 else real_img.new_zeros([n, 0])
         phases = self.phases()
-        # As training_loop.py, every phase gets its own latents, drawn for all phases whether they run or not.
+        # As training_loop.py, every phase gets its own latents and labels, drawn for all phases whether they run
+        # or not.
         all_gen_z = torch.randn([len(phases), n, self.hp["z_dim"]], device=device)
+        all_gen_c = self._phase_labels(len(phases), real_c)
         out = {}
-        for (phase, opt_name, net, interval, runs), gen_z in zip(phases, all_gen_z):
+        for (phase, opt_name, net, interval, runs), gen_z, gen_c in zip(phases, all_gen_z, all_gen_c):
             if step % interval != 0 or not runs:
                 continue
-            # NVIDIA draws each phase's gen_c from random dataset labels; here: the real batch's labels, shuffled
-            # (a sample of the label distribution that needs no access to the dataset).
-            gen_c = real_c[torch.randperm(n, device=device)] if self.c_dim > 0 else real_c
             self.optimizers[opt_name].zero_grad(set_to_none=True)
             set_requires_grad(net, True)
             pl_mean_before = self.pl_mean.clone()
@@ -382,6 +381,19 @@ class StyleGAN2Recipe(Recipe):
         ordered = {k: out[k] for k in self.loss_names if k in out}
         ordered.update({k: v for k, v in out.items() if k not in ordered})
         return ordered
+
+    def _phase_labels(self, phases, real_c):
+        """Each phase's gen_c [phases, N, c_dim]. NVIDIA's training_loop.py takes the labels of random dataset
+        items: classes drawn with the dataset's frequencies (label_counts). Without them (a DataInfo built by hand),
+        the real batch's labels shuffled, a sample of the same distribution."""
+        n = real_c.shape[0]
+        if self.c_dim == 0:
+            return real_c.expand(phases, -1, -1)
+        if self.label_weights is not None:
+            weights = self.label_weights.to(real_c.device, torch.float32)
+            labels = torch.multinomial(weights, phases * n, replacement=True)
+            return self.labels_to_c(labels).view(phases, n, self.c_dim)
+        return torch.stack([real_c[torch.randperm(n, device=real_c.device)] for _ in range(phases)])
 
     # ---- G_ema outputs ------------------------------------------------------------------------------------
     def _grid_c(self, n, per_row):
