@@ -11,17 +11,25 @@ is left alone (nothing to fuse), and so is a conv called with extra arguments (C
 How it finds them: torch.fx traces `model.forward` (nn.Sequential containers are traced through
 like any other code), so chains are found in Sequentials and in hand-written forward code alike,
 and the use counts of every intermediate value are known: a chain stops where an output has
-another user (a skip connection, a second consumer) or was stored on a module attribute during
-the trace (`self.features = y`). Every module of a chain must be called once, registered under one
-name (so replacing it cannot change another call site) and have no hooks; a chain also stops
-before it would cross the boundary of a container module that has hooks (fusing moves the norm
-and activation to the conv's place, so a feature hook there would see another tensor). After the
-rewrite the model is traced again: a chain whose rewrite breaks forward (which reads e.g.
-`self.conv.weight` for tied weights, `self.bn.running_mean` or `self.conv.out_channels`) is undone.
-Values kept outside the model (hooks or closures capturing tensors of a container fx traced
-through, globals) and calls from other methods than forward cannot be seen: fuse such models
-with care. Hooks added to the conv, norm or activation after fusing never run (they are no
-longer called).
+another user (a skip connection, a second consumer), was stored on a module attribute during
+the trace (`self.features = y`) or goes to a call under another grad mode or autocast state (a
+conv in a `with torch.no_grad():` block feeding a trainable norm). A trace follows one path
+through forward, so forward is traced in train mode and in eval mode (and in the model's own
+mix of modes, e.g. a frozen norm), each with all arguments free and with the arguments that
+have simple defaults (None, bools, numbers, strings) at their defaults (`if y is None:`): a chain
+is fused only as far as every trace agrees (a module no trace but one calls, like a
+training-only auxiliary head, does not cut it). Tracing runs forward's Python code: the model's
+attributes are restored afterwards (`self.calls += 1`, `self.feats.append(y)` leave nothing).
+Every module of a chain must be called once, registered under one name (so replacing it cannot
+change another call site), have no hooks and no forward replaced on the instance; a chain also
+stops before it would cross the boundary of a container module that has hooks (fusing moves the
+norm and activation to the conv's place, so a feature hook there would see another tensor).
+After the rewrite the model is traced again: a chain whose rewrite breaks forward (which reads
+e.g. `self.conv.weight` for tied weights, `self.bn.running_mean` or `self.conv.out_channels`) is
+undone. Values kept outside the model (hooks or closures capturing tensors of a container fx
+traced through, globals, global module hooks), calls from other methods than forward and
+branches on argument values other than the defaults cannot be seen: fuse such models with care.
+Hooks added to the conv, norm or activation after fusing never run (they are no longer called).
 
 How it rewrites, in place: the conv's attribute becomes a `Conv2dNormAct` holding the very same
 conv and norm modules (shared parameters and buffers, so optimizers, EMA copies by reference and
@@ -29,10 +37,15 @@ running stats keep working), and the norm's and the activation's attributes beco
 (in the replaced module's train/eval mode). The model keeps its class and its forward code.
 Train/eval mode is preserved. Its state_dict keys move from `<conv>.*` / `<norm>.*` to
 `<conv>.conv.*` / `<conv>.norm.*`; the report's `key_map` lists the moves, and `load_state_dict`
-of the fused model also accepts the old keys (the unfused model does not accept the new ones:
-map them back with the inverse of `key_map`).
+of the fused model, or of any of its submodules holding a whole chain, also accepts the old keys
+(the unfused model does not accept the new ones: map them back with the inverse of `key_map`).
+The order of `parameters()` changes where a norm was not registered right after its conv
+(`self.conv1, self.conv2, self.bn1, self.bn2`, or convs and norms in two ModuleLists): an
+optimizer's state_dict, which is positional, and an EMA that zips `parameters()` of an unfused
+copy do not carry over between an unfused and a fused model; fuse both, or build them after fusing.
 
-Models fx cannot trace (data-dependent control flow, ...) come back unchanged with a warning.
+Models fx cannot trace (data-dependent control flow, ..., in any of those traces) come back
+unchanged with a warning.
 Passing `sequential_fallback=True` then still fuses consecutive children of plain nn.Sequential
 containers, which is safe when those modules are used nowhere else (checked by registration
 count; a module the model's own forward calls by another path would defeat it, hence opt-in).
@@ -40,11 +53,14 @@ count; a module the model's own forward calls by another path would defeat it, h
 The report (a FuseReport) is logged at INFO, stored as `model._fusegan_report`, and returned
 alongside the model with `fuse(model, report=True)`.
 """
+import copy
 import dataclasses
+import inspect
 import logging
 import warnings
 from typing import Dict, List, Optional, Tuple
 
+import torch
 import torch.fx
 import torch.nn as nn
 
@@ -85,10 +101,21 @@ class FuseReport:
 
 
 class _Tracer(torch.fx.Tracer):
-    """Keeps torch.nn layers and already-fused layers as single call_module nodes."""
+    """Keeps torch.nn layers and already-fused layers as single call_module nodes, and tags every node with the
+    grad mode and autocast state forward ran it under (fx records no `with torch.no_grad():` block)."""
 
     def is_leaf_module(self, m, qualname):
         return isinstance(m, Conv2dNormAct) or super().is_leaf_module(m, qualname)
+
+    def create_node(self, *args, **kwargs):
+        node = super().create_node(*args, **kwargs)
+        node.meta["fusegan_context"] = _grad_and_autocast_state()
+        return node
+
+
+def _grad_and_autocast_state():
+    return (torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
+            tuple((kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)) for kind in ("cpu", "cuda")))
 
 
 class _OldKeyRemapper:
@@ -109,12 +136,12 @@ def fuse(model: nn.Module, report: bool = False, impl=None, sequential_fallback:
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     rep = FuseReport()
     names = _registered_names(model)
+    variants = _trace_variants(model)
     try:
-        graph = _Tracer().trace(model)
-    except Exception as exc:  # fx raises many kinds (TraceError, TypeError from proxies, ...)
+        traces = _traces_or_raise(model, variants)
+    except _VariantError as exc:  # fx raises many kinds (TraceError, TypeError from proxies, ...)
         rep.traced = False
-        rep.warning = (f"torch.fx could not trace {type(model).__name__}.forward "
-                       f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); ")
+        rep.warning = f"torch.fx could not trace {type(model).__name__}.forward{exc.where} ({exc.why}); "
         if sequential_fallback:
             rep.warning += "only consecutive layers inside nn.Sequential containers were fused"
             chains = _sequential_chains(model, names, rep)
@@ -123,9 +150,9 @@ def fuse(model: nn.Module, report: bool = False, impl=None, sequential_fallback:
             chains = []
         warnings.warn("fusegan.engine.fuse: " + rep.warning, stacklevel=2)
     else:
-        chains = _graph_chains(model, graph, names, rep)
+        chains = _common_chains(model, traces, names, rep)
     applied = [_replace(model, chain, impl) for chain in chains]
-    if rep.traced and applied and _trace_error(model) is not None:
+    if rep.traced and applied and _trace_error(model, variants) is not None:
         # forward reads something of a replaced module that fx does not see as a call (`self.conv.weight` for
         # tied weights, `self.bn.running_mean`, `self.conv.out_channels`): find the chains that break it.
         for undo in reversed(applied):
@@ -133,20 +160,166 @@ def fuse(model: nn.Module, report: bool = False, impl=None, sequential_fallback:
         applied = []
         for chain in chains:
             undo = _replace(model, chain, impl)
-            error = _trace_error(model)
+            error = _trace_error(model, variants)
             if error is None:
                 applied.append(undo)
             else:
                 _undo(model, undo)
                 rep.left_alone.append((chain[0], f"fusing it breaks forward, which reads a replaced module ({error})"))
+    remapped = {}  # module name -> its relative key_map
     for fused, key_map, _ in applied:
         rep.fused.append(fused)
         rep.key_map.update(key_map)
-    if rep.key_map:
-        model._register_load_state_dict_pre_hook(_OldKeyRemapper(rep.key_map))
+        # On the lowest module holding the chain, so an unfused checkpoint also loads into that submodule
+        # (`gan.G.load_state_dict(generator_checkpoint)`), not only into the model fuse was given.
+        owner = _common_parent([fused.conv] + ([fused.norm] if fused.norm else []))
+        start = len(owner) + 1 if owner else 0
+        remapped.setdefault(owner, {}).update({old[start:]: new[start:] for old, new in key_map.items()})
+    for owner, key_map in remapped.items():
+        (model.get_submodule(owner) if owner else model)._register_load_state_dict_pre_hook(_OldKeyRemapper(key_map))
+    rep.left_alone = list(dict.fromkeys(rep.left_alone))  # one line per reason, however many traces saw it
     model._fusegan_report = rep
     log.info("%s", rep)
     return (model, rep) if report else model
+
+
+# ----------------------------------------------------------------------------------------------
+# Tracing
+# ----------------------------------------------------------------------------------------------
+class _VariantError(Exception):
+    def __init__(self, where, exc):
+        super().__init__(where)
+        self.where = where
+        self.why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def _trace_variants(model):
+    """(mode, concrete_args, description) of each way forward is traced.
+
+    fx records one path through forward: the branches `if self.training:` takes in the model's current
+    mode, and those `if y is None:` takes with every argument a Proxy (never None). So forward is traced
+    in the current mode, in train and in eval mode (every module's flag set, then restored), each with
+    all arguments free and with the arguments that have simple defaults at those defaults; a chain is
+    fused only where every trace agrees (`_common_chains`)."""
+    flags = {m.training for m in model.modules()}
+    modes = ([None] if len(flags) > 1 else []) + [True, False]  # None: the modules' flags as they are
+    defaults = {}
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        parameters = ()
+    for p in parameters:
+        if p.default is not p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) \
+                and (p.default is None or isinstance(p.default, (bool, int, float, str))):
+            defaults[p.name] = p.default
+    arguments = [None] + ([defaults] if defaults else [])
+    return [(mode, args, ("" if mode is None else " in train mode" if mode else " in eval mode")
+             + (" with its default arguments" if args else "")) for mode in modes for args in arguments]
+
+
+def _trace(model, mode, concrete_args):
+    """(graph, values forward stored on modules) of one traced forward; the model is left as it was.
+
+    Tracing runs forward's Python code: `self.calls += 1`, `self.feats.append(y)`, `self.last = y` would
+    otherwise stay on the model (fx Proxies in its attributes, which also make it unpicklable)."""
+    saved = _python_state(model)
+    try:
+        if mode is not None:
+            for m in model.modules():
+                m.training = mode
+        graph = _Tracer().trace(model, concrete_args=concrete_args)
+        return graph, _escaped_nodes(model)
+    finally:
+        _restore_python_state(saved)
+
+
+def _python_state(model):
+    saved = []
+    for m in model.modules():
+        attrs = dict(vars(m))
+        contents = {key: copy.copy(value) for key, value in attrs.items() if type(value) in (list, dict, set)}
+        saved.append((m, attrs, contents))
+    return saved
+
+
+def _restore_python_state(saved):
+    for m, attrs, contents in saved:
+        vars(m).clear()
+        vars(m).update(attrs)
+        for key, items in contents.items():  # in place: forward may have appended to a list it keeps
+            attrs[key].clear()
+            if isinstance(items, list):
+                attrs[key].extend(items)
+            else:
+                attrs[key].update(items)
+
+
+def _traces_or_raise(model, variants):
+    out = []
+    for mode, args, where in variants:
+        try:
+            out.append(_trace(model, mode, args))
+        except Exception as exc:
+            raise _VariantError(where, exc) from exc
+    return out
+
+
+def _trace_error(model, variants):
+    try:
+        _traces_or_raise(model, variants)
+    except _VariantError as exc:
+        return exc.why + exc.where
+    return None
+
+
+def _common_chains(model, traces, names, rep):
+    """The chains every trace agrees on: each conv's chain, cut to what the traces that call it share.
+
+    A trace in which none of a chain's modules is called (an auxiliary head used only in training) does
+    not cut it; one that calls them without that chain (a second use in eval mode) does."""
+    per_trace = []
+    for graph, escaped in traces:
+        chains = _graph_chains(model, graph, escaped, names, rep)
+        called = {node.target for node in graph.nodes if node.op == "call_module"}
+        per_trace.append(({chain[0]: chain for chain in chains}, called))
+    heads = list(dict.fromkeys(head for chains, _ in per_trace for head in chains))
+    common = []
+    for head in heads:
+        chain = next(chains[head] for chains, _ in per_trace if head in chains)
+        seen = {name for chains, _ in per_trace for name in chains.get(head, ()) if name}
+        for chains, called in per_trace:
+            if head in chains:
+                chain = _meet(chain, chains[head])
+            elif called & {name for name in chain if name}:
+                chain = None
+            if chain is None:
+                break
+        why = "forward uses it differently in train mode, eval mode or with its default arguments"
+        for name in sorted(seen - set(chain or ())):
+            rep.left_alone.append((name, why))
+        if chain is not None:
+            common.append(chain)
+    return common
+
+
+def _meet(a, b):
+    """The longest chain both (conv, norm, act, pad) chains of one conv contain, or None."""
+    conv, norm, act, pad = a
+    same_norm = norm == b[1]
+    norm = norm if same_norm else None
+    act = act if same_norm and act == b[2] else None  # the act follows the norm, or the conv when there is none
+    pad = pad if pad == b[3] else None
+    return (conv, norm, act, pad) if (norm or act or pad) else None
+
+
+def _common_parent(names):
+    parts = [name.split(".")[:-1] for name in names]
+    common = []
+    for items in zip(*parts):
+        if len(set(items)) != 1:
+            break
+        common.append(items[0])
+    return ".".join(common)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,8 +343,15 @@ def _module_problem(m, names, calls):
         return "registered under several names"
     if calls.get(id(m), 0) != 1:
         return f"called {calls.get(id(m), 0)} times in forward"
+    return _own_behaviour(m)
+
+
+def _own_behaviour(m):
+    """Why `m` does more than its class's forward (which is all Conv2dNormAct reproduces), else None."""
     if _has_hooks(m):
         return "has hooks"
+    if any(name in vars(m) for name in ("forward", "_conv_forward")):
+        return "its forward is replaced on the instance"
     return None
 
 
@@ -181,7 +361,7 @@ def _act_problem(m):
     return None
 
 
-def _graph_chains(model, graph, names, rep):
+def _graph_chains(model, graph, escaped, names, rep):
     mods = dict(model.named_modules())
     calls = {}
     for node in graph.nodes:
@@ -193,8 +373,6 @@ def _graph_chains(model, graph, names, rep):
             return mods[node.target]
         return None
 
-    escaped = _escaped_nodes(model)
-
     def sole_consumer(node):
         """The only user of `node`, when it takes `node` as its only argument."""
         if node in escaped:  # e.g. `self.features = y`: fx records no use, but the value is read later
@@ -204,6 +382,9 @@ def _graph_chains(model, graph, names, rep):
         user = next(iter(node.users))
         if user.args != (node,) or user.kwargs:
             return None, "its output goes to a call that takes other arguments"
+        if user.meta["fusegan_context"] != node.meta["fusegan_context"]:
+            return None, ("its output goes to a call under another grad mode or autocast state, "
+                          "as out of a no_grad block")
         return user, None
 
     chains, seen = [], set()
@@ -251,6 +432,8 @@ def _graph_chains(model, graph, names, rep):
             problem = _module_problem(pad, names, calls) or _pad_problem(pad, conv)
             if problem is None and (len(source.users) != 1 or len(source.args) != 1 or source in escaped):
                 problem = "its output has other users"
+            if problem is None and source.meta["fusegan_context"] != node.meta["fusegan_context"]:
+                problem = "the conv after it runs under another grad mode or autocast state"
             if problem is None:
                 problem = _hooked_boundary(model, (source.target, name, norm_name or name, act_name or name))
             if problem:
@@ -295,14 +478,6 @@ def _hooked_boundary(model, chain_names):
     for container in sorted(set.union(*ancestors) - set.intersection(*ancestors)):
         if _has_hooks(model.get_submodule(container)):
             return f"fusing it would cross {container}, which has hooks"
-    return None
-
-
-def _trace_error(model):
-    try:
-        _Tracer().trace(model)
-    except Exception as exc:
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return None
 
 
@@ -359,9 +534,7 @@ def _sequential_chains(model, names, rep):
 def _seq_problem(m, names):
     if len(names.get(id(m), ())) != 1:
         return "registered under several names"
-    if _has_hooks(m):
-        return "has hooks"
-    return None
+    return _own_behaviour(m)
 
 
 # ----------------------------------------------------------------------------------------------
