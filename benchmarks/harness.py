@@ -26,13 +26,17 @@ import torch
 
 from .peaks import measure_peaks
 from .records import MODES, VARIANTS, build_records, memory_fields
-from .telemetry import Telemetry, is_throttled
+from .telemetry import Telemetry, case_throttle
 from .timing import CudaEventTimer, WallClockTimer, measure
 
 # Largest |fused - eager| / max(1, max|eager|) of the forward outputs before a case is flagged MISMATCH.
 # The eager code rounds to the storage dtype after every op while fused kernels compute in fp32, so
 # bf16 differs by a few units in the last place (2**-8 relative each).
 CHECK_TOLERANCE = {torch.bfloat16: 2e-2, torch.float16: 4e-3, torch.float32: 1e-4, torch.float64: 1e-10}
+# fp32 convs on a GPU run in TF32 (cuDNN's default, which the fused convs follow): inputs rounded to 10 mantissa
+# bits, rounded differently by cuDNN and by Triton. Simulated on the conv_norm_act layers: 3e-4 to 1.2e-3 apart
+# after normalization, so fp32's 1e-4 would flag every one of them.
+TF32_CHECK_TOLERANCE = 1e-2
 
 
 @dataclasses.dataclass
@@ -141,15 +145,18 @@ class RunContext:
         self.peaks = measure_peaks(self.timer, self.device, quick=self.quick, smoke=self.smoke)
         return self.peaks
 
-    def measure(self, step, prepare=None):
+    def measure(self, step, prepare=None, before_timed=None):
         b = self.budget
-        return measure(self.timer, step, prepare, warmup=b.warmup, budget_s=b.seconds, min_reps=b.min_reps, max_reps=b.max_reps)
+        return measure(self.timer, step, prepare, warmup=b.warmup, budget_s=b.seconds, min_reps=b.min_reps,
+                       max_reps=b.max_reps, before_timed=before_timed)
 
     def measure_with_memory(self, step, prepare=None):
-        """(times, {'base_mem_mib', 'peak_mem_mib'}): `measure`, with the peak-memory counter reset before it."""
-        base = self.memory.reset()
-        times = self.measure(step, prepare)
-        return times, memory_fields(base, self.memory.peak())
+        """(times, {'base_mem_mib', 'peak_mem_mib'}): `measure`, with the peak-memory counter reset after the
+        warm-up, right before the timed repetitions (the warm-up's compilation, autotuning and cuDNN benchmark
+        workspaces are one-off allocations that are not the op's memory)."""
+        base = []
+        times = self.measure(step, prepare, before_timed=lambda: base.append(self.memory.reset()))
+        return times, memory_fields(base[0], self.memory.peak())
 
     def past_deadline(self):
         return self.deadline is not None and time.perf_counter() >= self.deadline
@@ -286,10 +293,19 @@ class OpCase:
     targets: dict = dataclasses.field(default_factory=dict)  # {mode: {'vs_eager': x, 'vs_compile': y, 'frac_copy_bw': z}}
     quick: bool = True  # part of --quick
     suite: str = "ops"
+    # Its fp32 convs/matmuls run on TF32 tensor cores where torch's conv switch allows it (the fused convs follow
+    # the same switch): fp32 runs are then checked with TF32's tolerance and scored against the TF32 matmul peak.
+    tf32: bool = False
 
     def describe(self):
         return {"op": self.op, "suite": self.suite, "shape": list(self.shape), "dtype": _dtype_name(self.dtype),
                 "layout": self.layout, "bytes_model": self.bytes_model, "targets": self.targets}
+
+    def runs_tf32(self, ctx, dtype):
+        """Whether this run of the case computes its fp32 convs in TF32 (on a GPU, with the conv switch on)."""
+        from fusegan.kernels._triton import conv_allows_tf32
+
+        return self.tf32 and ctx.device.type == "cuda" and conv_allows_tf32(dtype)
 
     def variants(self, ctx):
         compiled = torch.compile(self.eager, dynamic=False, backend=ctx.compile_backend)
@@ -337,12 +353,10 @@ class OpCase:
                 bytes_moved=self.bytes_moved(shape, itemsize, mode) if self.bytes_moved else None,
                 flops=self.flops(shape, mode) if self.flops else None,
                 extra=mode_extra,
+                matmul_peak_key="matmul_tf32" if self.runs_tf32(ctx, dtype) else "matmul",
             )
         after = ctx.telemetry.read()
-        throttled = is_throttled(before) or is_throttled(after) if ctx.telemetry.available else None
-        reasons = sorted(set((before or {}).get("reasons", [])) | set((after or {}).get("reasons", [])))
-        for record in records:
-            record.update(throttled=throttled, throttle_reasons=",".join(reasons) if ctx.telemetry.available else None)
+        mark_throttling(records, before, after)
         ctx.case_info[self.name] = {**self.describe(), "telemetry": {"before": before, "after": after}}
         return records
 
@@ -362,12 +376,20 @@ class OpCase:
         }
         extra = {v: extra[v] for v in variants}
         reference = outputs.get("eager")
-        tolerance = CHECK_TOLERANCE.get(dtype, 1e-4)
+        tolerance = TF32_CHECK_TOLERANCE if self.runs_tf32(ctx, dtype) else CHECK_TOLERANCE.get(dtype, 1e-4)
         for variant in ("fusegan", "compile"):
             if variant in outputs and reference is not None:
                 err = relative_error(outputs[variant], reference)
                 extra[variant].update(rel_err_vs_eager=err, check="ok" if err <= tolerance else "MISMATCH")
         return extra, failed
+
+
+def mark_throttling(records, before, after):
+    """Sets `throttled` and `throttle_reasons` of a case's records from the telemetry read before and after it
+    (telemetry.case_throttle: reason bits at either reading, or a violation counter that grew in between)."""
+    throttled, reasons = case_throttle(before, after)
+    for record in records:
+        record.update(throttled=throttled, throttle_reasons=None if reasons is None else ",".join(reasons))
 
 
 def layout_cases(layouts, *, name, quick_layouts=None, **fields):
@@ -431,8 +453,10 @@ def run_cases(ctx, cases, log=print, on_case=None):
     limit are listed in meta['skipped'].
     """
     peaks = ctx.measure_peaks()
+    tf32 = peaks.get("matmul_tf32")
     log(f"device: {ctx.env['gpu']}  copy {peaks['copy']['value']:.0f} GB/s  {peaks['matmul']['what']} "
-        f"{peaks['matmul']['value']:.1f} TFLOP/s  (timer: {ctx.timer.name})")
+        f"{peaks['matmul']['value']:.1f} TFLOP/s"
+        + (f"  {tf32['what']} {tf32['value']:.1f} TFLOP/s" if tf32 else "") + f"  (timer: {ctx.timer.name})")
     if ctx.telemetry.note:
         log(ctx.telemetry.note)
     records, skipped = [], []

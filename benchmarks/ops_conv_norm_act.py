@@ -13,7 +13,8 @@ Work model (identical for every variant; one conv = 2 * N * OH * OW * C_out * C_
 - fwd: 1 conv;  bwd: 2 convs (data and weight gradients);  fwdbwd: 3 convs.
 Bytes model (minimal useful traffic; s = itemsize): fwd reads x and w and writes the output;
 bwd reads dy, the saved conv output and x, w, and writes dx and dw; fwdbwd is the sum.
-Conv layers are compute-bound at these sizes, so FLOPs are the number to read.
+Conv layers are compute-bound at these sizes, so FLOPs are the number to read: bf16 cases as a fraction of the
+measured bf16 matmul peak, fp32 (TF32) cases of the measured TF32 one (`tf32=True`, see harness.OpCase).
 """
 import math
 
@@ -139,6 +140,7 @@ def _case(layer, dtype):
         # Issue 4, on an H100-class GPU, training forward+backward: >= 1.5x eager, >= 1.2x torch.compile.
         targets={"fwdbwd": {"vs_eager": 1.5, "vs_compile": 1.2}},
         quick=layer.name in QUICK and dtype == torch.bfloat16,
+        tf32=True,  # fp32 convs: TF32 in cuDNN and in the fused kernels alike (torch's default conv switch)
     )
 
 

@@ -50,7 +50,7 @@ FIELD_TYPES = {
 
 
 def build_records(base, timings, env, peaks, bytes_moved=None, flops=None, extra=None, images=None,
-                  metric="time"):
+                  metric="time", matmul_peak_key="matmul"):
     """Records for one (case, mode): one per variant in `timings`.
 
     base: fields shared by the variants (suite, op, case, mode, shape, dtype, layout).
@@ -59,10 +59,12 @@ def build_records(base, timings, env, peaks, bytes_moved=None, flops=None, extra
     bytes_moved / flops: the case's model of useful work per timed unit (None where not meaningful).
     images: images per timed unit (a training step's batch): adds img_per_s and sec_per_kimg.
     extra: {variant: {field: value}} merged last (impl, rel_err_vs_eager, check, throttled, memory, ...).
+    matmul_peak_key: which of `peaks` the FLOP rate is a fraction of ('matmul': bf16; 'matmul_tf32': fp32 cases whose
+    convs run in TF32); the record's matmul_peak_tflops is that peak.
     """
     stats = {v: _stats(t) for v, t in timings.items() if not isinstance(t, str) and t}
     copy_peak = (peaks or {}).get("copy", {}).get("value")
-    matmul_peak = (peaks or {}).get("matmul", {}).get("value")
+    matmul_peak = ((peaks or {}).get(matmul_peak_key) or (peaks or {}).get("matmul") or {}).get("value")
     eager_p50 = stats.get("eager", {}).get("p50")
     compile_p50 = stats.get("compile", {}).get("p50")
     records = []

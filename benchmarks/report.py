@@ -242,9 +242,11 @@ def run_header(meta):
     ]
     peaks = meta.get("peaks") or {}
     if peaks:
-        copy, mm = peaks.get("copy", {}), peaks.get("matmul", {})
+        copy, mm, tf32 = peaks.get("copy", {}), peaks.get("matmul", {}), peaks.get("matmul_tf32")
         lines.append(f"- measured peaks: copy {fmt_num(copy.get('value'))} GB/s ({copy.get('what')}); "
-                     f"matmul {fmt_num(mm.get('value'), 1)} TFLOP/s ({mm.get('what')})")
+                     f"matmul {fmt_num(mm.get('value'), 1)} TFLOP/s ({mm.get('what')})"
+                     + (f"; {fmt_num(tf32.get('value'), 1)} TFLOP/s ({tf32.get('what')}, the peak of fp32 cases "
+                        "whose convs run in TF32)" if tf32 else ""))
     lines.append(f"- L2 flushed before each repetition: {'yes' if meta.get('l2_flush') else 'no'}; "
                  f"cudnn.benchmark: {meta.get('cudnn_benchmark')}; fused impl: {meta.get('fused_impl')}; "
                  f"compile backend: {meta.get('compile_backend')}")

@@ -70,11 +70,17 @@ class WallClockTimer:
         return times_ms
 
 
-def measure(timer, step, prepare=None, *, warmup, budget_s, min_reps, max_reps):
-    """Warm up, estimate, then return the per-repetition times (ms) of `step`, as many as fit `budget_s`."""
+def measure(timer, step, prepare=None, *, warmup, budget_s, min_reps, max_reps, before_timed=None):
+    """Warm up, estimate, then return the per-repetition times (ms) of `step`, as many as fit `budget_s`.
+
+    `before_timed()`, if given, runs after the warm-up and the probe, right before the timed repetitions: where
+    the peak-memory counter is reset, so that one-off allocations of the first calls (cuDNN benchmark mode's
+    trial workspaces, inductor's and Triton's compilation and autotuning) stay out of the measured peak."""
     if warmup > 0:
         timer.time_reps(step, warmup, prepare)
     probe_ms = percentile(timer.time_reps(step, 3, prepare), 50)
     reps = int(budget_s * 1e3 / max(probe_ms, 1e-3))
     reps = max(min_reps, min(max_reps, reps))
+    if before_timed is not None:
+        before_timed()
     return timer.time_reps(step, reps, prepare)

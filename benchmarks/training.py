@@ -36,7 +36,7 @@ from typing import Optional
 
 import torch
 
-from .harness import _dtype_name, _error_text, is_throttled
+from .harness import _dtype_name, _error_text, mark_throttling
 from .records import TRAIN_MODE, build_records, memory_fields
 from .stats import percentile
 
@@ -178,10 +178,7 @@ class TrainCase:
                 "dtype": _dtype_name(ctx.smoke_dtype if ctx.smoke else self.dtype), "layout": self.layout}
         records = build_records(base, timings, ctx.env, ctx.peaks, flops=flops_per_step, images=spec.batch,
                                 extra=extra, metric="time_per_step")
-        throttled = is_throttled(before) or is_throttled(after) if ctx.telemetry.available else None
-        reasons = sorted(set((before or {}).get("reasons", [])) | set((after or {}).get("reasons", [])))
-        for record in records:
-            record.update(throttled=throttled, throttle_reasons=",".join(reasons) if ctx.telemetry.available else None)
+        mark_throttling(records, before, after)
         ctx.case_info[self.name] = {**self.describe(ctx), "flops_per_step": flops_per_step,
                                     "flops_counted_on": "eager (impl='ref'), one cycle, FlopCounterMode",
                                     "telemetry": {"before": before, "after": after}}
