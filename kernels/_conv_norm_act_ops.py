@@ -115,23 +115,26 @@ def _stats_shape(x, c_out, stats):
 @torch.library.custom_op("fusegan::cna_conv", mutates_args=())
 def _cna_conv_op(x: Tensor, w: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
                  dilation: List[int], transposed: bool, reflect: bool, out_h: int, out_w: int,
-                 act: int, alpha: float, stats: int) -> Tuple[Tensor, Tensor, Tensor]:
-    y, psum, pm2, pcnt, group = K.conv_fwd(x, w, bias, _geom(stride, padding, dilation), transposed,
-                                           reflect, (out_h, out_w), act, alpha, stats)
+                 act: int, alpha: float, stats: int, save_pre: bool = False) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(y, mean, var, z): mean/var empty without stats; z, the pre-activation, empty without save_pre (which
+    the backward of a LeakyReLU epilogue reads in place of y: see K.conv_fwd)."""
+    y, psum, pm2, pcnt, group, z = K.conv_fwd(x, w, bias, _geom(stride, padding, dilation), transposed,
+                                              reflect, (out_h, out_w), act, alpha, stats, save_pre)
     if stats == K.STATS_NONE:
         empty = torch.empty((0,), dtype=torch_compute_dtype(x.dtype), device=x.device)
-        return y, empty, empty.clone()
+        return y, empty, empty.clone(), z
     mean, var = K.merge_partial_stats(psum, pm2, pcnt, group, x.shape[0])
-    return y, mean, var
+    return y, mean, var, z
 
 
 @_cna_conv_op.register_fake
-def _(x, w, bias, stride, padding, dilation, transposed, reflect, out_h, out_w, act, alpha, stats):
+def _(x, w, bias, stride, padding, dilation, transposed, reflect, out_h, out_w, act, alpha, stats, save_pre=False):
     c_out = w.shape[1] if transposed else w.shape[0]
     y = K.conv_out_empty((x.shape[0], c_out, out_h, out_w), x, w)
     shape = _stats_shape(x, c_out, stats)
     sdt = torch_compute_dtype(x.dtype)
-    return y, x.new_empty(shape, dtype=sdt), x.new_empty(shape, dtype=sdt)
+    z = torch.empty_like(y) if save_pre else y.new_empty(0)
+    return y, x.new_empty(shape, dtype=sdt), x.new_empty(shape, dtype=sdt), z
 
 
 def conv_small_from_large(L, w, geom, reflect, out_hw):
@@ -157,20 +160,36 @@ def conv_large_from_small(S, w, geom, reflect, L_hw):
 
 
 def _cna_conv_setup(ctx, inputs, output):
-    x, w, bias, stride, padding, dilation, transposed, reflect, out_h, out_w, act, alpha, stats = inputs
-    y, mean, var = output
+    x, w, bias, stride, padding, dilation, transposed, reflect, out_h, out_w, act, alpha, stats, *save_pre = inputs
+    y, mean, var, z = output
     ctx.mark_non_differentiable(mean, var)
+    # z is a differentiable output (z = conv + bias). Output gradients nobody produced stay None instead of zero
+    # tensors of the output's size (z's, in every backward); the backward puts the zeros back where all are None.
+    ctx.set_materialize_grads(False)
     ctx.cfg = (_geom(stride, padding, dilation), transposed, reflect, act, alpha)
     ctx.has_bias = bias is not None
-    ctx.save_for_backward(x, w, y if act != 0 else None)
+    ctx.pre_saved = z.numel() > 0
+    # The activation's derivative from its output y, or from the pre-activation z where it was saved (the same
+    # values for relu/lrelu, which need only the sign): then y stays free for in-place use, as after torch's
+    # LeakyReLU, which saves its input.
+    ctx.save_for_backward(x, w, None if act == 0 else z if z.numel() else y)
 
 
-def _cna_conv_backward(ctx, gy, _gmean, _gvar):
+def _cna_conv_backward(ctx, gy, _gmean, _gvar, gz_saved):
     # mean/var are non-differentiable here: cna_norm_act's backward already accounts for them.
     x, w, y = ctx.saved_tensors
     geom, transposed, reflect, act, alpha = ctx.cfg
-    gz = gy if act == 0 else _cna_act_grad_op(gy, y, act, alpha)
+    gz = gy if act == 0 or gy is None else _cna_act_grad_op(gy, y, act, alpha)
+    if gz_saved is not None and ctx.pre_saved:  # only a double backward through the saved pre-activation
+        gz = gz_saved if gz is None else gz + gz_saved
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    if gz is None:
+        # No gradient reached y or z (a double backward through piecewise-linear activations, whose derivative
+        # does not depend on their input): zeros, as the materialized zero gradients gave, so the inputs stay
+        # in the graph as they do for torch's activations.
+        c_out = w.shape[1] if transposed else w.shape[0]
+        return (torch.zeros_like(x) if need_x else None, torch.zeros_like(w) if need_w else None,
+                w.new_zeros(c_out) if need_b and ctx.has_bias else None, *([None] * 11))
     gx = gw = gb = None
     if transposed:  # x is the small side S, the output the large side L
         if need_x:
@@ -184,7 +203,7 @@ def _cna_conv_backward(ctx, gy, _gmean, _gvar):
             gw = _cna_wgrad_op(x, gz, *map(list, geom), reflect, w.shape[2], w.shape[3])
     if need_b and ctx.has_bias:
         gb = gz.sum((0, 2, 3))
-    return gx, gw, gb, None, None, None, None, None, None, None, None, None, None
+    return gx, gw, gb, None, None, None, None, None, None, None, None, None, None, None
 
 
 _cna_conv_op.register_autograd(_cna_conv_backward, setup_context=_cna_conv_setup)
@@ -339,11 +358,15 @@ def conv_norm_act_triton(x, weight, bias, geom, transposed, reflect, out_hw, nor
                                            transposed)
         norm = None
     if norm is None:
+        # LeakyReLU: torch's saves its input, so its output may be changed in place before backward; the
+        # backward then reads the pre-activation, stored by the same epilogue (only when a gradient will flow).
+        save_pre = act_code == K.ACT_CODES["lrelu"] and torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, weight, bias))
         return _cna_conv_op(x, weight, bias, list(s), list(p), list(d), transposed, reflect, out_hw[0], out_hw[1],
-                            act_code, alpha, K.STATS_NONE)[0]
+                            act_code, alpha, K.STATS_NONE, save_pre)[0]
     instance = norm == "instance"
     stats = K.STATS_INSTANCE if instance else K.STATS_BATCH
-    y, mean, var = _cna_conv_op(x, weight, bias, list(s), list(p), list(d), transposed, reflect, out_hw[0],
+    y, mean, var, _ = _cna_conv_op(x, weight, bias, list(s), list(p), list(d), transposed, reflect, out_hw[0],
                                 out_hw[1], 0, 0.0, stats)
     if running_mean is not None:
         update_running_stats(running_mean, running_var, mean, var, momentum, instance,

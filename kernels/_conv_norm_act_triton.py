@@ -105,7 +105,7 @@ def _tap_index(o, k, size, stride, pad, dil, TRANSPOSED: tl.constexpr, REFLECT: 
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _conv_fwd_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, psum_ptr, pm2_ptr, pcnt_ptr,
+    x_ptr, w_ptr, b_ptr, y_ptr, z_ptr, psum_ptr, pm2_ptr, pcnt_ptr,
     N, C_IN, H, W, C_OUT, OH, OW, TILES_PER_SAMPLE, GRID_M,
     sxn, sxc, sxh, sxw,
     swo, swi, swh, sww,
@@ -113,7 +113,7 @@ def _conv_fwd_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, alpha_ptr,
     KH: tl.constexpr, KW: tl.constexpr, TRANSPOSED: tl.constexpr, REFLECT: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STATS: tl.constexpr, CDTYPE: tl.constexpr,
-    USE_DOT: tl.constexpr, ALLOW_TF32: tl.constexpr, UPCAST: tl.constexpr,
+    USE_DOT: tl.constexpr, ALLOW_TF32: tl.constexpr, UPCAST: tl.constexpr, SAVE_PRE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ROW_IDX: tl.constexpr,
 ):
     alpha = _load_alpha(alpha_ptr, ACT, CDTYPE)
@@ -196,9 +196,11 @@ def _conv_fwd_kernel(
         tl.store(pm2_ptr + tile * C_OUT + co, m2, mask=col_ok)
         if pid_n == 0:
             tl.store(pcnt_ptr + tile, cnt)
-    acc = _apply_act(acc, alpha, ACT)
     y_off = (n_row.to(tl.int64)[:, None] * syn + co[None, :].to(tl.int64) * syc
              + (oh.to(tl.int64) * syh + ow * syw)[:, None])
+    if SAVE_PRE:  # z, laid out like y: the backward's own copy of what y's sign says (see conv_fwd)
+        tl.store(z_ptr + y_off, acc.to(z_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+    acc = _apply_act(acc, alpha, ACT)
     tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
@@ -431,8 +433,12 @@ def _alpha_tensor(alpha, act_code, like):
     return t
 
 
-def conv_fwd(x, w, bias, geom, transposed, reflect, out_hw, act_code, alpha, stats):
-    """Launches the implicit-GEMM conv. Returns (y, partial_sum, partial_m2, partial_count, tile_group).
+def conv_fwd(x, w, bias, geom, transposed, reflect, out_hw, act_code, alpha, stats, save_pre=False):
+    """Launches the implicit-GEMM conv. Returns (y, partial_sum, partial_m2, partial_count, tile_group, z).
+
+    z: with `save_pre`, the pre-activation (laid out like y) stored by the same epilogue, else empty. A
+    LeakyReLU backward needs only sign(z) = sign(y), but torch's LeakyReLU saves its input, so a user may
+    change y in place (`y.add_(skip)`) before backward; reading y then would fail autograd's version check.
 
     `w` is indexed as [C_S, C_L, KH, KW]: [C_out, C_in] for a normal conv, [C_in, C_out] for a
     transposed one (exactly how nn.Conv2d / nn.ConvTranspose2d store their weights). The partial
@@ -445,6 +451,7 @@ def conv_fwd(x, w, bias, geom, transposed, reflect, out_hw, act_code, alpha, sta
     KH, KW = w.shape[2], w.shape[3]
     OH, OW = out_hw
     y = conv_out_empty((N, C_out, OH, OW), x, w)
+    z = torch.empty_like(y) if save_pre else y.new_empty(0)
     phases = sh * sw if transposed else 1
     # Rows of the largest phase (phase 0); smaller phases mask their extra rows.
     phase_hw = triton.cdiv(OH, sh) * triton.cdiv(OW, sw) if transposed else OH * OW
@@ -468,12 +475,12 @@ def conv_fwd(x, w, bias, geom, transposed, reflect, out_hw, act_code, alpha, sta
     swo, swi = (w.stride(1), w.stride(0)) if transposed else (w.stride(0), w.stride(1))
     grid = (grid_m, triton.cdiv(C_out, BLOCK_N), phases)
     _conv_fwd_kernel[grid](
-        x, w, bias if bias is not None else w, y, psum, pm2, pcnt,
+        x, w, bias if bias is not None else w, y, z if save_pre else y, psum, pm2, pcnt,
         N, C_in, H, W, C_out, OH, OW, tiles_per_sample, grid_m,
         *x.stride(), swo, swi, w.stride(2), w.stride(3), *y.stride(),
         sh, sw, ph, pw, dh, dw, _alpha_tensor(alpha, act_code, x),
         KH=KH, KW=KW, TRANSPOSED=transposed, REFLECT=reflect, HAS_BIAS=bias is not None,
-        ACT=act_code, STATS=stats, CDTYPE=compute_dtype(x.dtype), **_dot_flags(x.dtype),
+        ACT=act_code, STATS=stats, CDTYPE=compute_dtype(x.dtype), **_dot_flags(x.dtype), SAVE_PRE=save_pre,
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=_num_warps(BLOCK_M, BLOCK_N),
         ROW_IDX=tl.int64 if N * phase_hw + BLOCK_M >= 2**31 else tl.int32,
         **LAUNCH_OPTIONS,
@@ -482,7 +489,7 @@ def conv_fwd(x, w, bias, geom, transposed, reflect, out_hw, act_code, alpha, sta
         group = (torch.arange(grid_m, device=x.device) // tiles_per_sample).repeat(phases)
     else:
         group = None
-    return y, psum, pm2, pcnt, group
+    return y, psum, pm2, pcnt, group, z
 
 
 def merge_partial_stats(psum, pm2, pcnt, group, n_groups):

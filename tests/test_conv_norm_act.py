@@ -265,11 +265,12 @@ def test_gradcheck_reference(spec):
 def test_gradcheck_triton(spec, device):
     # fast_mode checks random projections of the Jacobians (the interpreter is too slow for full
     # Jacobians of the double backward); it fails on any wrong entry with probability ~1.
-    # The undefined-gradient checks (backward given None for some outputs) run on the first case only.
+    # The undefined-gradient checks (backward given None for some outputs) run on the first case and the one
+    # without norm only.
     conv_kw, transposed, norm, act = spec
     inputs = _grad_inputs(conv_kw, transposed, norm, device)
     fn = _grad_fn(conv_kw, transposed, norm, act, "triton")
-    check_undefined = spec is GRAD_CASES[0]
+    check_undefined = spec is GRAD_CASES[0] or norm is None  # None: the lrelu epilogue's saved pre-activation
     assert gradcheck(fn, inputs, fast_mode=True, check_undefined_grad=check_undefined)
     assert gradgradcheck(fn, inputs, fast_mode=True, check_undefined_grad=check_undefined)
 
@@ -470,3 +471,37 @@ def test_torch_compile_inductor_on_cuda():
     compiled = torch.compile(m, fullgraph=True)
     x = torch.randn(4, 8, 32, 32, device="cuda")
     torch.testing.assert_close(compiled(x), ref(x), atol=5e-3, rtol=5e-3)  # TF32 convs on both sides
+
+
+@pytest.mark.parametrize("norm", [None, "batch-eval"])
+def test_leaky_relu_output_may_be_changed_in_place_before_backward(norm, device, monkeypatch):
+    # torch's LeakyReLU saves its input, so `y = lrelu(conv(x)); y += skip` trains. The fused conv + lrelu epilogue
+    # (no norm, or BatchNorm folded in eval mode) used to save y for the derivative: autograd's version check then
+    # failed. It saves the pre-activation instead, and only when a gradient will flow.
+    saved = []
+    conv_fwd = ops.K.conv_fwd
+    # save_pre of every launch with an activation epilogue (the backward's convs have none)
+    monkeypatch.setattr(ops.K, "conv_fwd", lambda *a: (a[7] and saved.append(a[-1])) or conv_fwd(*a))
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 3, 5, 5, generator=g, dtype=torch.float64).to(device)
+    w0 = torch.randn(4, 3, 3, 3, generator=g, dtype=torch.float64).to(device)
+    kw = dict(act="lrelu", alpha=0.2, padding=1)
+    if norm:
+        kw.update(norm="batch", training=False, running_mean=torch.rand(4, dtype=torch.float64, device=device),
+                  running_var=torch.rand(4, dtype=torch.float64, device=device) + 0.5)
+    grads = []
+    for impl in ("triton", "ref"):
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        y = conv2d_norm_act(x, w, impl=impl, **kw)
+        y.mul_(3).add_(1)
+        y.square().sum().backward()
+        grads.append((x.grad, w.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+    assert saved == [True]
+    with torch.no_grad():
+        conv2d_norm_act(x0, w0, impl="triton", **kw)
+    conv2d_norm_act(x0, w0, impl="triton", **kw)  # no input needs a gradient
+    conv2d_norm_act(x0, w0.requires_grad_(), impl="triton", **dict(kw, act="tanh", alpha=None))  # tanh' reads y
+    assert saved == [True, False, False, False]
+
