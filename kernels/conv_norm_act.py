@@ -312,6 +312,17 @@ class Conv2dNormAct(nn.Module):
     def transposed(self):
         return isinstance(self.conv, nn.ConvTranspose2d)
 
+    # The conv's own parameters under the names a conv layer has, so code written for the unfused layers still
+    # finds them: e.g. the PyTorch DCGAN example's `weights_init`, which matches 'Conv' in the class name and
+    # initialises `m.weight`. Read-only: the parameters themselves live (and are registered) in `self.conv`.
+    @property
+    def weight(self):
+        return self.conv.weight
+
+    @property
+    def bias(self):
+        return self.conv.bias
+
     def forward(self, x):
         conv, norm = self.conv, self.norm
         if x.dim() == 3 and not isinstance(norm, nn.BatchNorm2d):

@@ -505,3 +505,23 @@ def test_leaky_relu_output_may_be_changed_in_place_before_backward(norm, device,
     conv2d_norm_act(x0, w0.requires_grad_(), impl="triton", **dict(kw, act="tanh", alpha=None))  # tanh' reads y
     assert saved == [True, False, False, False]
 
+
+
+def test_conv_parameters_under_a_conv_layers_names():
+    # The PyTorch DCGAN example's weights_init, applied to a model whose conv + BN + ReLU chains were fused.
+    def weights_init(m):
+        classname = m.__class__.__name__
+        if classname.find("Conv") != -1:
+            nn.init.normal_(m.weight.data, 0.0, 0.02)
+        elif classname.find("BatchNorm") != -1:
+            nn.init.normal_(m.weight.data, 1.0, 0.02)
+            nn.init.constant_(m.bias.data, 0)
+
+    layer = Conv2dNormAct(3, 4, 3, norm="batch", act="relu")
+    assert layer.weight is layer.conv.weight and layer.bias is None  # no conv bias before a norm
+    plain = Conv2dNormAct(3, 4, 3)
+    assert plain.bias is plain.conv.bias and plain.bias is not None
+    torch.manual_seed(0)
+    layer.apply(weights_init)
+    assert abs(layer.conv.weight.std().item() - 0.02) < 0.01 and layer.norm.bias.abs().max() == 0
+    assert [name for name, _ in layer.named_parameters()] == ["conv.weight", "norm.weight", "norm.bias"]
