@@ -25,8 +25,8 @@ change another call site), have no hooks and no forward replaced on the instance
 stops before it would cross the boundary of a container module that has hooks (fusing moves the
 norm and activation to the conv's place, so a feature hook there would see another tensor).
 After the rewrite the model is traced again: a chain whose rewrite breaks forward (which reads
-e.g. `self.conv.weight` for tied weights, `self.bn.running_mean` or `self.conv.out_channels`) is
-undone. Values kept outside the model (hooks or closures capturing tensors of a container fx
+e.g. `self.bn.running_mean` or `self.conv.out_channels`; the conv's `weight` and `bias`, read for
+tied weights, are still there) is undone. Values kept outside the model (hooks or closures capturing tensors of a container fx
 traced through, globals, global module hooks), calls from other methods than forward and
 branches on argument values other than the defaults cannot be seen: fuse such models with care.
 Hooks added to the conv, norm or activation after fusing never run (they are no longer called).
@@ -153,8 +153,8 @@ def fuse(model: nn.Module, report: bool = False, impl=None, sequential_fallback:
         chains = _common_chains(model, traces, names, rep)
     applied = [_replace(model, chain, impl) for chain in chains]
     if rep.traced and applied and _trace_error(model, variants) is not None:
-        # forward reads something of a replaced module that fx does not see as a call (`self.conv.weight` for
-        # tied weights, `self.bn.running_mean`, `self.conv.out_channels`): find the chains that break it.
+        # forward reads something of a replaced module that fx does not see as a call (`self.bn.running_mean`,
+        # `self.conv.out_channels`): find the chains that break it.
         for undo in reversed(applied):
             _undo(model, undo)
         applied = []
