@@ -29,7 +29,8 @@ FIELDS = (
     # counter was reset (inputs, or the model and optimizer state, and the harness's buffers); MiB
     "peak_mem_mib", "base_mem_mib",
     # sanity and health
-    "rel_err_vs_eager", "check", "throttled", "throttle_reasons", "error",
+    # (rel_err_vs_fp32: bf16/fp16 cases, against the eager code run in fp32, the yardstick of `check`)
+    "rel_err_vs_eager", "rel_err_vs_fp32", "check", "throttled", "throttle_reasons", "error",
     # where and how
     "gpu", "timer", "copy_peak_gbps", "matmul_peak_tflops",
     "torch", "triton", "fusegan", "git_commit", "cuda", "date", "command",
@@ -38,7 +39,7 @@ INT_FIELDS = {"reps", "bytes_moved", "flops", "steps_per_rep"}
 FLOAT_FIELDS = {
     "p20", "p50", "p80", "speedup_vs_eager", "speedup_vs_compile", "gbps", "frac_copy_bw",
     "tflops", "frac_matmul_peak", "img_per_s", "sec_per_kimg", "peak_mem_mib", "base_mem_mib",
-    "rel_err_vs_eager", "copy_peak_gbps", "matmul_peak_tflops",
+    "rel_err_vs_eager", "rel_err_vs_fp32", "copy_peak_gbps", "matmul_peak_tflops",
 }
 BOOL_FIELDS = {"throttled"}
 SHAPE_FIELDS = {"shape"}

@@ -310,3 +310,49 @@ def test_the_fusegan_variant_runs_fusegan_kernels_forward_and_backward(case):
             torch.autograd.grad(outs, leaves, [torch.ones_like(o) for o in outs])
         assert ("fusegan" in forward.namespaces) == expect_fused, (variant, forward.namespaces)
         assert ("fusegan" in backward.namespaces) == expect_fused, (variant, backward.namespaces)
+
+
+# ---------------------------------------------------------------- low-precision checks against an fp32 yardstick
+
+
+def _rounding_case(skew=0.0):
+    """bf16: eager adds x/100 fifty times, rounding to bf16 after each add (as eager code rounds after every op);
+    the fused variant computes 1.5 x in fp32 and rounds once (times 1 + skew)."""
+
+    def make_inputs(shape, dtype, device, layout):
+        return {"x": harness.make_tensor(shape, dtype, "cpu", layout) * 4}
+
+    def eager(x):
+        y = x
+        for _ in range(50):
+            y = y + x * 0.01
+        return y
+
+    def fused(x, impl):
+        return (x.float() * 1.5 * (1 + skew)).to(x.dtype)
+
+    return harness.OpCase(op="toy", name="toy.bf16", shape=(4, 8, 16, 16), dtype=torch.bfloat16, layout="contiguous",
+                          make_inputs=make_inputs, fused=fused, eager=eager, grad_inputs=("x",),
+                          smoke_shape=(4, 8, 16, 16))
+
+
+def _bf16_context():
+    ctx = harness.RunContext(smoke=True, modes=("fwd",))
+    ctx.smoke_dtype = torch.bfloat16
+    ctx.measure_peaks()
+    return ctx
+
+
+def test_a_bf16_variant_more_accurate_than_eager_is_not_a_mismatch():
+    torch.manual_seed(0)
+    records = {r["variant"]: r for r in _rounding_case().run(_bf16_context())}
+    fused, eager = records["fusegan"], records["eager"]
+    assert fused["rel_err_vs_eager"] > harness.CHECK_TOLERANCE[torch.bfloat16]  # far from eager's rounding...
+    assert fused["rel_err_vs_fp32"] < eager["rel_err_vs_fp32"] / 4  # ...because closer to the exact result
+    assert fused["check"] == "ok"
+
+
+def test_a_bf16_variant_less_accurate_than_eager_is_a_mismatch():
+    torch.manual_seed(0)
+    fused = {r["variant"]: r for r in _rounding_case(skew=0.3).run(_bf16_context())}["fusegan"]  # eager: 7% off
+    assert fused["check"] == "MISMATCH" and fused["rel_err_vs_fp32"] > harness.CHECK_TOLERANCE[torch.bfloat16]

@@ -132,6 +132,7 @@ def test_tf32_switches_come_back_in_a_state_the_legacy_getter_refuses():
     """A train case saves the TF32 switches, lets Precision() set them (legacy API) and restores them. Conv TF32
     beside RNN IEEE (set through the new API) makes torch's legacy `cudnn.allow_tf32` getter raise: saving must not
     read it, and restoring must give back each switch."""
+    from benchmarks import switches as switches_module
     from fusegan.engine.precision import Precision
 
     switches = (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
@@ -140,11 +141,29 @@ def test_tf32_switches_come_back_in_a_state_the_legacy_getter_refuses():
         torch.backends.cuda.matmul.fp32_precision = "ieee"
         torch.backends.cudnn.conv.fp32_precision = "tf32"
         torch.backends.cudnn.rnn.fp32_precision = "ieee"
-        saved = training._backend_flags()
+        saved = switches_module.backend_flags()
         Precision("tf32", torch.device("cpu"))
         assert [s.fp32_precision for s in switches] == ["tf32", "tf32", "tf32"]
-        training._restore_backend_flags(saved)
+        switches_module.restore_backend_flags(saved)
         assert [s.fp32_precision for s in switches] == ["ieee", "tf32", "ieee"]
+    finally:
+        for s, value in zip(switches, before):
+            s.fp32_precision = value
+
+
+def test_ieee_fp32_turns_tf32_off_and_gives_the_switches_back():
+    from benchmarks.switches import ieee_fp32
+    from fusegan.kernels._triton import conv_allows_tf32
+
+    switches = (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
+    before = [s.fp32_precision for s in switches]
+    try:
+        for s, value in zip(switches, ("tf32", "tf32", "ieee")):
+            s.fp32_precision = value
+        with ieee_fp32():
+            assert [s.fp32_precision for s in switches] == ["ieee"] * 3
+            assert not conv_allows_tf32(torch.float32)  # the fused convs follow it too
+        assert [s.fp32_precision for s in switches] == ["tf32", "tf32", "ieee"]
     finally:
         for s, value in zip(switches, before):
             s.fp32_precision = value
