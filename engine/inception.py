@@ -12,8 +12,18 @@ Module names equal the keys of pytorch-fid's state dict file `pt_inception-2015-
 file loads with no renaming. The weights are never downloaded: `load_inception(path)` reads a
 local copy, and without one it raises `FileNotFoundError` saying what to supply.
 
-Input: images NCHW, either uint8 in [0, 255] or floating in [-1, 1], 1 or 3 channels, any size.
-Like pytorch-fid they are resized to 299x299 (bilinear, align_corners=False) and fed in [-1, 1].
+Input: images NCHW, either uint8 in [0, 255] or floating in [-1, 1], 1 or 3 channels (grayscale is repeated to
+RGB, as StyleGAN2-ADA's metric_utils does), any size. `preprocessing` says how they reach the 299x299 input:
+
+* "tf" (default): what the TensorFlow graph itself does to its [0, 255] input, and so what the original TF FID
+  code and StyleGAN2-ADA's `inception-2015-12-05.pt` (which reproduces the graph's preprocessing exactly) measure:
+  TF1's legacy `resize_bilinear` (align_corners=False, *no* half-pixel centres: output pixel j samples input
+  position j * in / out, clamped at the last pixel), then (x - 128) / 128. Numbers are then comparable with
+  StyleGAN2-ADA's published fid50k_full / kid50k_full (see fusegan.engine.metrics for the remaining protocol).
+* "pytorch-fid": what pytorch-fid does with the same weights: F.interpolate bilinear (align_corners=False, i.e.
+  half-pixel centres) of [0, 1] images, then 2x - 1 (= x / 127.5 - 1 on [0, 255]). pytorch-fid notes that its
+  numbers differ slightly from the TF implementation; this mode reproduces pytorch-fid's.
+They differ in the resize (unless the images are 299x299 already) and, always, in the scaling (128 vs 127.5).
 Output: the 2048-d average-pool features (what FID, KID and precision/recall use).
 """
 import os
@@ -167,18 +177,69 @@ class InceptionE(nn.Module):
         ], dim=1)
 
 
+def _checked_images(images: Tensor) -> Tensor:
+    """Checked NCHW images, dtype unchanged, grayscale repeated to RGB."""
+    if not isinstance(images, Tensor) or images.ndim != 4:
+        raise ValueError(f"images must be a 4-D NCHW tensor, got {getattr(images, 'shape', type(images))}")
+    if images.shape[1] not in (1, 3):
+        raise ValueError(f"images must have 1 or 3 channels, got {images.shape[1]}")
+    if images.dtype != torch.uint8 and not images.is_floating_point():
+        raise TypeError(f"images must be uint8 or floating, got {images.dtype}")
+    return images.expand(-1, 3, -1, -1)  # grayscale repeated to RGB
+
+
+def _tf_resize_axis(x: Tensor, dim: int, out_size: int) -> Tensor:
+    """TF1 `resize_bilinear` (align_corners=False, half_pixel_centers=False) along one axis: output j reads input
+    position s = j * in / out, i.e. (1 - f) x[floor(s)] + f x[min(floor(s) + 1, in - 1)], f = s - floor(s).
+    Elementwise (no matmul), so it rounds alike with or without TF32."""
+    in_size = x.shape[dim]
+    pos = torch.arange(out_size, device=x.device, dtype=torch.float64) * (in_size / out_size)
+    lo = pos.floor().long()  # <= (out - 1) * in / out < in
+    hi = (lo + 1).clamp(max=in_size - 1)
+    shape = [1] * x.ndim
+    shape[dim] = out_size
+    frac = (pos - lo).to(x.dtype).view(shape)
+    return torch.lerp(x.index_select(dim, lo), x.index_select(dim, hi), frac)
+
+
+def tf_preprocess(images: Tensor) -> Tensor:
+    """The TF FID graph's own preprocessing (reproduced by StyleGAN2-ADA's inception-2015-12-05.pt): [0, 255]
+    pixels resized to 299x299 by TF1's legacy bilinear resize, then (x - 128) / 128. Float images in [-1, 1] are
+    taken as the pixels (x + 1) * 127.5."""
+    images = _checked_images(images)
+    pixels = images.float() if images.dtype == torch.uint8 else (images.float() + 1) * 127.5
+    pixels = _tf_resize_axis(_tf_resize_axis(pixels, 2, INPUT_SIZE), 3, INPUT_SIZE)
+    return (pixels - 128) / 128
+
+
+def pytorch_fid_preprocess(images: Tensor) -> Tensor:
+    """pytorch-fid's preprocessing: [0, 1] images resized by F.interpolate (bilinear, align_corners=False), then
+    2x - 1. Bilinear resizing is affine-equivariant (its weights sum to 1), so [-1, 1] images resized directly
+    give the same input."""
+    images = _checked_images(images)
+    x = images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images.float()
+    return F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+
+
+PREPROCESSING = {"tf": tf_preprocess, "pytorch-fid": pytorch_fid_preprocess}
+
+
 class FIDInceptionV3(nn.Module):
     """The FID Inception-v3 feature network. `forward(images)` returns [N, 2048] pool features.
 
-    Satisfies `fusegan.engine.metrics.FeatureExtractor` (`feature_dim`, `name`, callable).
+    `preprocessing`: how images become the 299x299 input, "tf" (default: the TF graph's own, as StyleGAN2-ADA)
+    or "pytorch-fid" (see the module docstring). Satisfies `fusegan.engine.metrics.FeatureExtractor` (`feature_dim`, `name`, callable).
     `fc` is kept only so the state dict matches pytorch-fid's key for key; features never use it.
     """
 
     feature_dim = FEATURE_DIM
     name = "inception-2015-12-05"
 
-    def __init__(self):
+    def __init__(self, preprocessing: str = "tf"):
         super().__init__()
+        if preprocessing not in PREPROCESSING:
+            raise ValueError(f"preprocessing must be one of {', '.join(PREPROCESSING)}, got {preprocessing!r}")
+        self.preprocessing = preprocessing
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, 3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, 3)
         self.Conv2d_2b_3x3 = BasicConv2d(32, 64, 3, padding=1)
@@ -197,26 +258,10 @@ class FIDInceptionV3(nn.Module):
         self.Mixed_7c = InceptionE(2048, max_pool=True)
         self.fc = nn.Linear(FEATURE_DIM, NUM_CLASSES)
 
-    @staticmethod
-    def preprocess(images: Tensor) -> Tensor:
-        """uint8 [0,255] or float [-1,1], 1 or 3 channels, any size -> float32 [-1,1], 3x299x299.
-
-        pytorch-fid resizes [0,1] images and then maps them to [-1,1]; bilinear resizing is affine-
-        equivariant (its weights sum to 1), so resizing [-1,1] images directly gives the same input.
-        """
-        if not isinstance(images, Tensor) or images.ndim != 4:
-            raise ValueError(f"images must be a 4-D NCHW tensor, got {getattr(images, 'shape', type(images))}")
-        if images.shape[1] not in (1, 3):
-            raise ValueError(f"images must have 1 or 3 channels, got {images.shape[1]}")
-        if images.dtype == torch.uint8:
-            x = images.float() / 127.5 - 1.0
-        elif images.is_floating_point():
-            x = images.float()
-        else:
-            raise TypeError(f"images must be uint8 or floating, got {images.dtype}")
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        return F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+    def preprocess(self, images: Tensor) -> Tensor:
+        """uint8 [0,255] or float [-1,1], 1 or 3 channels, any size -> the float32 3x299x299 network input, as
+        `self.preprocessing` says ("tf" or "pytorch-fid"; see the module docstring)."""
+        return PREPROCESSING[self.preprocessing](images)
 
     def forward(self, images: Tensor) -> Tensor:
         x = self.preprocess(images)
@@ -275,8 +320,9 @@ def check_state_dict(model: nn.Module, state: dict) -> None:
                          + "; ".join(problems))
 
 
-def load_inception(path, device=None) -> FIDInceptionV3:
-    """The FID Inception network with weights from the local file `path` (.pth or .safetensors).
+def load_inception(path, device=None, preprocessing: str = "tf") -> FIDInceptionV3:
+    """The FID Inception network with weights from the local file `path` (.pth or .safetensors), preprocessing
+    its input as `preprocessing` says ("tf": as the TF graph and StyleGAN2-ADA; "pytorch-fid": as pytorch-fid).
 
     Raises FileNotFoundError (saying what to supply) when `path` is None or missing, and ValueError
     when the file's keys or shapes differ from pytorch-fid's. Returned in eval mode, without gradients.
@@ -285,7 +331,7 @@ def load_inception(path, device=None) -> FIDInceptionV3:
     # The layers' default init (overwritten just below) draws from the global RNG: fork it, so that loading the
     # metric network never moves a training run's random stream (its exact resume depends on that stream).
     with torch.random.fork_rng(devices=[]):
-        model = FIDInceptionV3()
+        model = FIDInceptionV3(preprocessing)
     check_state_dict(model, state)
     model.load_state_dict(state, strict=False)  # strictness was checked above, with optional keys allowed
     return model.eval().requires_grad_(False).to(device)

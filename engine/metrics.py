@@ -2,19 +2,31 @@
 
 The formulas follow the references that published numbers come from:
 
-* FID (Heusel et al. 2017) as pytorch-fid and StyleGAN2-ADA's metrics/frechet_inception_distance.py compute
-  it: float64 mean and unbiased covariance, and the trace of `scipy.linalg.sqrtm(sigma1 @ sigma2)`, real part.
-  sqrtm (not a symmetric eigen form) is used on purpose, so that numbers match those references also in
-  their ill-conditioned cases (fewer samples than feature dimensions), where the two forms differ.
+* FID (Heusel et al. 2017): float64 mean and covariance, and the trace of `scipy.linalg.sqrtm(sigma1 @ sigma2)`,
+  real part, as pytorch-fid and StyleGAN2-ADA's metrics/frechet_inception_distance.py compute it. sqrtm (not a
+  symmetric eigen form) is used on purpose, so that numbers match those references also in their ill-conditioned
+  cases (fewer samples than feature dimensions), where the two forms differ. The covariance is the unbiased one
+  (divided by N - 1) of pytorch-fid and the original TF code; StyleGAN2-ADA's FeatureStats divides by N. That
+  scales each covariance by (N - 1) / N, which moves the FID by at most about tr(sigma_real) / N_real +
+  tr(sigma_gen) / N_gen: thousandths at 50k images, far below the run-to-run noise.
 * KID (Binkowski et al. 2018) as StyleGAN2-ADA's metrics/kernel_inception_distance.py: the unbiased MMD^2
-  with the kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets.
+  with the kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets drawn without replacement.
 * Precision/recall (Kynkaanniemi et al. 2019) as StyleGAN2-ADA's metrics/precision_recall.py: a sample set's
-  manifold is the union of balls around its samples reaching to each one's k-th nearest neighbour.
+  manifold is the union of balls around its samples reaching to each one's k-th nearest neighbour (itself not
+  counted; an exact duplicate is a neighbour at distance 0, as with NVIDIA's kthvalue(k + 1)). StyleGAN2-ADA
+  computes it on VGG16 features; `compute_metrics` uses its one feature network for every metric, by default
+  the FID Inception (the VGG16 weights are not available here). Precision/recall on Inception features are
+  therefore NOT comparable with published pr50k3 / pr50k3_full numbers.
+* The FID Inception's input: see `fusegan.engine.inception` ("tf" preprocessing, as StyleGAN2-ADA, by default).
 
 `compute_metrics` runs a generator and a real dataset through a feature network (by default the FID
 Inception-v3 from `fusegan.engine.inception`, whose weights come only from a local file) and caches the
-real features in memory, so that evaluating successive snapshots extracts them once.
+real features in memory, so that evaluating successive snapshots extracts them once. As StyleGAN2-ADA's
+fid50k_full / kid50k_full / pr50k3_full, it measures the generated images against ALL real images by default
+(precision/recall against the first 200k, KID against the first 1M, as NVIDIA caps them); its `num_images`
+generated images are NVIDIA's 50k only when asked for (FID is biased upwards at fewer samples).
 """
+import contextlib
 import numbers
 import os
 from typing import Callable, Iterable, Protocol, Union, runtime_checkable
@@ -27,6 +39,9 @@ from torch import Tensor
 from .inception import load_inception
 
 METRICS = ("fid", "kid", "pr")
+# The real images StyleGAN2-ADA's kid50k_full and pr50k3_full use at most (max_real; fid50k_full uses all).
+KID_MAX_REAL_IMAGES = 1_000_000
+PR_MAX_REAL_IMAGES = 200_000
 
 
 def parse_metrics(spec) -> tuple:
@@ -82,12 +97,20 @@ def _check_feature_pair(feats_a, feats_b, names, dtype) -> tuple:
     return a, b
 
 
-def feature_statistics(feats) -> tuple:
-    """(mean, covariance) of [N, D] features in float64 numpy; covariance unbiased (N - 1), as np.cov."""
-    feats = _check_features(feats, "feats").double()
-    mu = feats.mean(dim=0)
-    sigma = torch.cov(feats.T).reshape(feats.shape[1], feats.shape[1])  # torch.cov squeezes D == 1
-    return mu.cpu().numpy(), sigma.cpu().numpy()
+def feature_statistics(feats, chunk_rows=65536) -> tuple:
+    """(mean, covariance) of [N, D] features in float64 numpy; covariance unbiased (N - 1), as np.cov.
+
+    Two passes over `chunk_rows` rows at a time (mean, then centred products), so that all real images of a
+    large dataset never need a float64 copy at once."""
+    feats = _check_features(feats, "feats")
+    n, d = feats.shape
+    chunks = feats.split(chunk_rows)
+    mu = sum(chunk.double().sum(dim=0) for chunk in chunks) / n
+    sigma = torch.zeros(d, d, dtype=torch.float64, device=feats.device)
+    for chunk in chunks:
+        centred = chunk.double() - mu
+        sigma += centred.T @ centred
+    return mu.cpu().numpy(), (sigma / (n - 1)).cpu().numpy()
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6) -> float:
@@ -145,6 +168,35 @@ def kid_from_features(feats_a, feats_b, num_subsets=100, max_subset_size=1000, s
     return t.item() / num_subsets / m
 
 
+# ------------------------------------------------------------------------------------ numerics
+
+
+@contextlib.contextmanager
+def strict_fp32():
+    """Full-precision float32 matmuls and convolutions (no TF32) inside; the caller's settings are put back after.
+
+    StyleGAN2-ADA computes metric features with TF32 off (its training loop and calc_metrics.py set
+    `allow_tf32 = False`); `--precision tf32`, or PyTorch's own default for cuDNN convolutions, would otherwise
+    let the feature network and the distance matmuls round to TF32's 10-bit mantissa on Ampere and later GPUs.
+    """
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    matmul = torch.backends.cuda.matmul
+    if conv is not None and hasattr(matmul, "fp32_precision"):  # torch >= 2.9: the per-op API
+        saved = conv.fp32_precision, matmul.fp32_precision
+        conv.fp32_precision = matmul.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision, matmul.fp32_precision = saved
+    else:
+        saved = torch.backends.cudnn.allow_tf32, matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
 # ------------------------------------------------------------------------------------ precision/recall
 
 
@@ -164,8 +216,9 @@ def precision_recall(real_feats, fake_feats, k=3, batch_size=1024) -> tuple:
 
     A real sample's ball reaches to its k-th nearest other real sample; precision is the fraction of fakes
     inside at least one real ball (boundary included). Recall is the same with the roles swapped. Distances
-    are float32 torch.cdist, `batch_size` rows at a time (memory: batch_size x N floats), on the features'
-    device. (StyleGAN2-ADA also rounds the radii to float16 to save memory; this keeps them float32.)
+    are float32 torch.cdist (TF32 off), `batch_size` rows at a time (memory: batch_size x N floats), on the
+    features' device. (StyleGAN2-ADA rounds the features and the radii to float16 to save memory; this keeps
+    them float32, which only moves samples lying within float16 rounding of a ball's edge.)
     """
     real, fake = _check_feature_pair(real_feats, fake_feats, ("real_feats", "fake_feats"), torch.float32)
     k = _check_positive_int(k, "k")
@@ -173,8 +226,9 @@ def precision_recall(real_feats, fake_feats, k=3, batch_size=1024) -> tuple:
     for feats, name in ((real, "real_feats"), (fake, "fake_feats")):
         if feats.shape[0] <= k:
             raise ValueError(f"{name} needs more than k={k} samples for k-NN radii, got {feats.shape[0]}")
-    precision = _fraction_inside(fake, real, _kth_neighbour_radii(real, k, batch_size), batch_size)
-    recall = _fraction_inside(real, fake, _kth_neighbour_radii(fake, k, batch_size), batch_size)
+    with strict_fp32():  # cdist is a matmul on large sets: TF32 would blur who is inside which ball
+        precision = _fraction_inside(fake, real, _kth_neighbour_radii(real, k, batch_size), batch_size)
+        recall = _fraction_inside(real, fake, _kth_neighbour_radii(fake, k, batch_size), batch_size)
     return precision, recall
 
 
@@ -195,7 +249,8 @@ class FeatureExtractor(Protocol):
     def __call__(self, images: Tensor) -> Tensor: ...
 
 
-# (dataset_name, num_images, id(net)) -> {"net", "features" (CPU float32), "stats" (FID mean/cov, once asked)}.
+# (dataset_name, num_real_images (None: all), id(net)) -> {"net", "features" (CPU float32), "stats" (FID mean/cov,
+# once asked)}.
 # Each entry holds its network, so the id in its key cannot be reused by another network while it exists.
 _REAL_FEATURES_CACHE = {}
 _INCEPTION_CACHE = {}  # (resolved path, device) -> FIDInceptionV3
@@ -256,7 +311,7 @@ def _to_model_range(images, name) -> Tensor:
 
 
 def _extract(net, images: Tensor, device) -> Tensor:
-    with torch.no_grad(), torch.autocast(device.type, enabled=False):
+    with torch.no_grad(), torch.autocast(device.type, enabled=False), strict_fp32():
         feats = net(images.to(device))
     if not isinstance(feats, Tensor) or feats.ndim != 2 or feats.shape[0] != images.shape[0]:
         raise ValueError(f"feature_net must return [N, feature_dim] for N={images.shape[0]} images, "
@@ -275,12 +330,15 @@ def _real_batches(real, batch_size) -> Iterable:
 
 
 def _real_features(real, num_images, net, device, batch_size) -> Tensor:
+    """Features of the first `num_images` real images (None: all of them), on the CPU."""
     feats, count = [], 0
     for batch in _real_batches(real, batch_size):
-        batch = _to_model_range(batch, "real images")[:num_images - count]
+        batch = _to_model_range(batch, "real images")
+        if num_images is not None:
+            batch = batch[:num_images - count]
         feats.append(_extract(net, batch, device).cpu())
         count += batch.shape[0]
-        if count >= num_images:
+        if num_images is not None and count >= num_images:
             break
     if count < 2:
         raise ValueError(f"real images: need at least 2, got {count}")
@@ -308,21 +366,23 @@ def compute_metrics(fake_images_fn: Callable[[int], Tensor], real_images, metric
     fake_images_fn(n): n images [n, C, H, W] (C = 1 or 3 for Inception), uint8 or float in [-1, 1], called
         under no_grad in chunks of `batch_size` until `num_images` are drawn. Floats are used as given: wrap a
         generator's output in `quantize_images` to measure what StyleGAN2-ADA measures (the trainer does).
-    real_images: a uint8 [0, 255] or float [-1, 1] tensor [N, C, H, W], or an iterable of such batches
-        (a DataLoader; (images, labels) batches are fine). The first `num_real_images` (default
-        `num_images`) are used, or all if fewer.
+    real_images: a uint8 [0, 255] or float [-1, 1] tensor [N, C, H, W], or a finite iterable of such batches
+        (a DataLoader; (images, labels) batches are fine), never x-flipped (NVIDIA's *_full metrics set
+        xflip=False). num_real_images=None (default) uses all of them for FID, as StyleGAN2-ADA's fid50k_full,
+        the first 1M for KID and the first 200k for precision/recall, as its kid50k_full and pr50k3_full; an int
+        uses the first `num_real_images` (or all if fewer) for every metric.
     feature_net: a FeatureExtractor, or the path of the FID Inception weights (`load_inception`); None
         raises FileNotFoundError saying which file to supply.
     device: where the images are sent and the metrics computed (default: the network's parameters' device,
         else CPU). A network passed as an object must already be there; one loaded from a path is put there.
-    dataset_name: when given, the real features are cached in memory under (dataset_name, number of real
-        images, feature network) and later calls with the same key skip the real data entirely; without a
-        name nothing is cached.
+    dataset_name: when given, the real features are cached in memory under (dataset_name, num_real_images,
+        feature network) and later calls with the same key skip the real data entirely; without a name nothing
+        is cached. The name must identify the images (data and resolution): the trainer uses 'DATA@RES'.
     kid_subsets, kid_subset_size, seed: `kid_from_features`; pr_k: the k of `precision_recall`.
     """
     metrics = parse_metrics(metrics)
     num_images = _check_positive_int(num_images, "num_images")
-    num_real = num_images if num_real_images is None else _check_positive_int(num_real_images, "num_real_images")
+    num_real = None if num_real_images is None else _check_positive_int(num_real_images, "num_real_images")
     batch_size = _check_positive_int(batch_size, "batch_size")
     net, device = _resolve_feature_net(feature_net, device)
 
@@ -341,7 +401,9 @@ def compute_metrics(fake_images_fn: Callable[[int], Tensor], real_images, metric
             entry["stats"] = feature_statistics(real)
         results["fid"] = frechet_distance(*feature_statistics(fake), *entry["stats"])
     if "kid" in metrics:
-        results["kid"] = kid_from_features(fake, real, kid_subsets, kid_subset_size, seed)
+        kid_real = real[:KID_MAX_REAL_IMAGES] if num_real is None else real
+        results["kid"] = kid_from_features(fake, kid_real, kid_subsets, kid_subset_size, seed)
     if "pr" in metrics:
-        results["precision"], results["recall"] = precision_recall(real, fake, k=pr_k, batch_size=1024)
+        pr_real = real[:PR_MAX_REAL_IMAGES] if num_real is None else real
+        results["precision"], results["recall"] = precision_recall(pr_real, fake, k=pr_k, batch_size=1024)
     return results

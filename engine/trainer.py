@@ -331,7 +331,9 @@ class Trainer:
         net = self._feature_net()
         gen = torch.Generator(self.device).manual_seed(123)  # the same fakes' noise at every snapshot
         # In order; uint8 (images, labels). Its own generator: an iterator otherwise draws a seed from the global RNG.
-        reals = torch.utils.data.DataLoader(self.dataset, batch_size=64, generator=torch.Generator().manual_seed(0))
+        # All real images are read once (their features are cached), so with the training run's decode workers.
+        reals = torch.utils.data.DataLoader(self.dataset, batch_size=64, num_workers=self.cfg.workers,
+                                            generator=torch.Generator().manual_seed(0))
         # Generated images are measured as StyleGAN2-ADA measures them: quantized to uint8, out-of-range clipped.
         return metrics.compute_metrics(lambda n: metrics.quantize_images(self.recipe.metric_samples(n, gen)), reals,
                                        self.cfg.metrics,

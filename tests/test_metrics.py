@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 import fusegan.engine.metrics as metrics_mod
-from fusegan.engine.inception import WEIGHTS_FILENAME, FIDInceptionV3, load_inception
+from fusegan.engine.inception import WEIGHTS_FILENAME, FIDInceptionV3, load_inception, pytorch_fid_preprocess
 from fusegan.engine.metrics import (
     METRICS,
     FeatureExtractor,
@@ -312,7 +312,7 @@ def test_inception_preprocess_resizes_like_pytorch_fid():
     # pytorch-fid: interpolate [0, 1] images to 299 bilinearly (align_corners=False), then 2x - 1.
     x01 = torch.rand(2, 3, 50, 70)
     expected = 2 * torch.nn.functional.interpolate(x01, size=(299, 299), mode="bilinear", align_corners=False) - 1
-    torch.testing.assert_close(FIDInceptionV3.preprocess(2 * x01 - 1), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(pytorch_fid_preprocess(2 * x01 - 1), expected, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
@@ -425,8 +425,11 @@ def test_compute_metrics_end_to_end_with_cache():
     second = compute_metrics(_fake_images_fn(0.5), loader, **kwargs)
     assert loader.iterations == 1  # the real features came from the cache
     assert second["fid"] > first["fid"] and second["kid"] > first["kid"]  # the shifted generator is worse
-    # Another real-image count, or another network, is another cache entry.
+    # All real images are used whatever the number of generated ones, so that changes no cache entry ...
     compute_metrics(_fake_images_fn(0.0), loader, **{**kwargs, "num_images": 100})
+    assert loader.iterations == 1
+    # ... while another real-image count, or another network, is another cache entry.
+    compute_metrics(_fake_images_fn(0.0), loader, **{**kwargs, "num_real_images": 100})
     assert loader.iterations == 2
     compute_metrics(_fake_images_fn(0.0), loader, **{**kwargs, "feature_net": RandomProjection()})
     assert loader.iterations == 3
