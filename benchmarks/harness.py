@@ -26,7 +26,6 @@ import torch
 
 from .peaks import measure_peaks
 from .records import MODES, VARIANTS, build_records, memory_fields
-from .switches import ieee_fp32
 from .telemetry import Telemetry, case_throttle
 from .timing import CudaEventTimer, WallClockTimer, measure
 
@@ -402,12 +401,14 @@ class OpCase:
     def _fp32_reference(self, variants, inputs, dtype):
         """The eager code on fp32 copies of bf16/fp16 inputs, without TF32: the yardstick of the low-precision
         variants (None for fp32/fp64 cases, where eager itself is the reference, or when it cannot run)."""
+        from fusegan.engine.precision import strict_fp32
+
         if dtype not in (torch.bfloat16, torch.float16) or "eager" not in variants:
             return None
         copies = {name: value.detach().to(torch.float32, copy=True)
                   if torch.is_tensor(value) and value.is_floating_point() else value for name, value in inputs.items()}
         try:
-            with torch.no_grad(), ieee_fp32():
+            with torch.no_grad(), strict_fp32():
                 return variants["eager"](copies)
         except Exception:  # e.g. out of memory at fp32: the plain check against eager still stands
             return None

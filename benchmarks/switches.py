@@ -1,10 +1,9 @@
-"""torch's TF32 switches, saved and restored, and an IEEE-fp32 block for accuracy references.
+"""torch's TF32 switches, saved and restored (the IEEE-fp32 block for accuracy references is the engine's
+`fusegan.engine.precision.strict_fp32`).
 
 torch >= 2.9 has per-backend `fp32_precision` switches; its legacy `cudnn.allow_tf32` getter raises once the conv
 and RNN precisions were set apart, so the new API is read where it exists and the legacy one otherwise.
 """
-import contextlib
-
 import torch
 
 
@@ -29,20 +28,3 @@ def restore_backend_flags(flags):
         return
     for switch, value in zip(switches, flags):
         switch.fp32_precision = value
-
-
-@contextlib.contextmanager
-def ieee_fp32():
-    """fp32 matmuls and convs in full fp32 inside the block (no TF32, for torch's ops and the fused convs, which
-    follow the conv switch); the switches are given back as they were."""
-    saved = backend_flags()
-    switches = _tf32_switches()
-    try:
-        if switches is None:
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-        else:
-            for switch in switches:
-                switch.fp32_precision = "ieee"
-        yield
-    finally:
-        restore_backend_flags(saved)

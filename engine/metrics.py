@@ -26,7 +26,6 @@ fid50k_full / kid50k_full / pr50k3_full, it measures the generated images agains
 (precision/recall against the first 200k, KID against the first 1M, as NVIDIA caps them); its `num_images`
 generated images are NVIDIA's 50k only when asked for (FID is biased upwards at fewer samples).
 """
-import contextlib
 import numbers
 import os
 from typing import Callable, Iterable, Protocol, Union, runtime_checkable
@@ -37,6 +36,7 @@ import torch
 from torch import Tensor
 
 from .inception import load_inception
+from .precision import strict_fp32
 
 METRICS = ("fid", "kid", "pr")
 # The real images StyleGAN2-ADA's kid50k_full and pr50k3_full use at most (max_real; fid50k_full uses all).
@@ -169,32 +169,6 @@ def kid_from_features(feats_a, feats_b, num_subsets=100, max_subset_size=1000, s
 
 
 # ------------------------------------------------------------------------------------ numerics
-
-
-@contextlib.contextmanager
-def strict_fp32():
-    """Full-precision float32 matmuls and convolutions (no TF32) inside; the caller's settings are put back after.
-
-    StyleGAN2-ADA computes metric features with TF32 off (its training loop and calc_metrics.py set
-    `allow_tf32 = False`); `--precision tf32`, or PyTorch's own default for cuDNN convolutions, would otherwise
-    let the feature network and the distance matmuls round to TF32's 10-bit mantissa on Ampere and later GPUs.
-    """
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    matmul = torch.backends.cuda.matmul
-    if conv is not None and hasattr(matmul, "fp32_precision"):  # torch >= 2.9: the per-op API
-        saved = conv.fp32_precision, matmul.fp32_precision
-        conv.fp32_precision = matmul.fp32_precision = "ieee"
-        try:
-            yield
-        finally:
-            conv.fp32_precision, matmul.fp32_precision = saved
-    else:
-        saved = torch.backends.cudnn.allow_tf32, matmul.allow_tf32
-        torch.backends.cudnn.allow_tf32 = matmul.allow_tf32 = False
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 # ------------------------------------------------------------------------------------ precision/recall

@@ -35,3 +35,29 @@ class Precision:
 
     def __repr__(self):
         return f"Precision({self.mode!r}, device={self.device})"
+
+
+@contextlib.contextmanager
+def strict_fp32():
+    """Full-precision float32 matmuls and convolutions (no TF32) inside; the caller's settings are put back after.
+
+    StyleGAN2-ADA computes metric features with TF32 off (its training loop and calc_metrics.py set
+    `allow_tf32 = False`); `--precision tf32`, or PyTorch's own default for cuDNN convolutions, would otherwise
+    let the feature network and the distance matmuls round to TF32's 10-bit mantissa on Ampere and later GPUs.
+    """
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    matmul = torch.backends.cuda.matmul
+    if conv is not None and hasattr(matmul, "fp32_precision"):  # torch >= 2.9: the per-op API
+        saved = conv.fp32_precision, matmul.fp32_precision
+        conv.fp32_precision = matmul.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision, matmul.fp32_precision = saved
+    else:
+        saved = torch.backends.cudnn.allow_tf32, matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32, matmul.allow_tf32 = saved

@@ -151,24 +151,6 @@ def test_tf32_switches_come_back_in_a_state_the_legacy_getter_refuses():
             s.fp32_precision = value
 
 
-def test_ieee_fp32_turns_tf32_off_and_gives_the_switches_back():
-    from benchmarks.switches import ieee_fp32
-    from fusegan.kernels._triton import conv_allows_tf32
-
-    switches = (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
-    before = [s.fp32_precision for s in switches]
-    try:
-        for s, value in zip(switches, ("tf32", "tf32", "ieee")):
-            s.fp32_precision = value
-        with ieee_fp32():
-            assert [s.fp32_precision for s in switches] == ["ieee"] * 3
-            assert not conv_allows_tf32(torch.float32)  # the fused convs follow it too
-        assert [s.fp32_precision for s in switches] == ["tf32", "tf32", "ieee"]
-    finally:
-        for s, value in zip(switches, before):
-            s.fp32_precision = value
-
-
 def test_a_failing_variant_keeps_the_others():
     records, _, steps = _fake_run(min_reps=1, fail="compile")
     by_variant = {r["variant"]: r for r in records}
