@@ -39,7 +39,6 @@ import torch
 from .harness import _dtype_name, _error_text, mark_throttling
 from .records import TRAIN_MODE, build_records, memory_fields
 from .stats import percentile
-from .switches import backend_flags, restore_backend_flags
 
 PERCENTILES = (20, 50, 80)
 
@@ -153,7 +152,7 @@ class TrainCase:
     def run(self, ctx):
         """Measures every variant of ctx; returns one record per variant."""
         spec = self.spec(ctx)
-        saved_flags = backend_flags()  # Precision() sets the TF32 switches globally: restore them afterwards
+        saved_flags = _backend_flags()  # Precision() sets the TF32 switches globally: restore them afterwards
         before = ctx.telemetry.read()
         timings, extra, flops_per_step = {}, {}, None
         try:
@@ -172,7 +171,7 @@ class TrainCase:
                 finally:
                     _release(ctx)
         finally:
-            restore_backend_flags(saved_flags)
+            _restore_backend_flags(saved_flags)
         after = ctx.telemetry.read()
         shape = list(self.smoke_shape if ctx.smoke else self.shape)
         base = {"suite": self.suite, "op": self.op, "case": self.name, "mode": TRAIN_MODE, "shape": shape,
@@ -290,3 +289,28 @@ def _release(ctx):
     torch._dynamo.reset()
     gc.collect()
     ctx.memory.release()
+
+
+def _tf32_switches():
+    # The new precision API (torch >= 2.9): the legacy `cudnn.allow_tf32` getter raises when conv and RNN
+    # precisions differ. Older torch has the legacy switches only.
+    if getattr(torch.backends.cudnn, "conv", None) is None:
+        return None
+    return (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
+
+
+def _backend_flags():
+    switches = _tf32_switches()
+    if switches is None:
+        return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    return tuple(switch.fp32_precision for switch in switches)
+
+
+def _restore_backend_flags(flags):
+    switches = _tf32_switches()
+    if switches is None:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+        return
+    for switch, value in zip(switches, flags):
+        switch.fp32_precision = value
+

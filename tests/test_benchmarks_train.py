@@ -132,7 +132,6 @@ def test_tf32_switches_come_back_in_a_state_the_legacy_getter_refuses():
     """A train case saves the TF32 switches, lets Precision() set them (legacy API) and restores them. Conv TF32
     beside RNN IEEE (set through the new API) makes torch's legacy `cudnn.allow_tf32` getter raise: saving must not
     read it, and restoring must give back each switch."""
-    from benchmarks import switches as switches_module
     from fusegan.engine.precision import Precision
 
     switches = (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
@@ -141,10 +140,10 @@ def test_tf32_switches_come_back_in_a_state_the_legacy_getter_refuses():
         torch.backends.cuda.matmul.fp32_precision = "ieee"
         torch.backends.cudnn.conv.fp32_precision = "tf32"
         torch.backends.cudnn.rnn.fp32_precision = "ieee"
-        saved = switches_module.backend_flags()
+        saved = training._backend_flags()
         Precision("tf32", torch.device("cpu"))
         assert [s.fp32_precision for s in switches] == ["tf32", "tf32", "tf32"]
-        switches_module.restore_backend_flags(saved)
+        training._restore_backend_flags(saved)
         assert [s.fp32_precision for s in switches] == ["ieee", "tf32", "ieee"]
     finally:
         for s, value in zip(switches, before):
